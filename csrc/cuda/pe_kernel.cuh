@@ -1,0 +1,160 @@
+// The CUDA kernel's work, as plain functions of the launch grid. The __global__ kernels in pe_cuda.cu are thin
+// wrappers around add_pe_thread, and testing/grid_emulator.cpp runs the very same function over the same grid on
+// the CPU, so CI exercises the grid mapping, vector widths, alignment fallbacks and tails without a GPU.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "../pe_math.h"
+
+namespace pe_ext::cuda_kernel {
+
+// float32 math for float32/float16/bfloat16 data, float64 for float64.
+template <typename scalar_t>
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// The widest vector of scalar_t one 16-byte access moves.
+template <typename scalar_t>
+constexpr int kMaxVec = 16 / static_cast<int>(sizeof(scalar_t));
+
+PE_HOST_DEVICE int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) AlignedVector {
+  T v[N];
+};
+
+// N contiguous elements; one vector access when N > 1 (the host guarantees alignment for such launches).
+template <int N, typename T>
+PE_HOST_DEVICE void load_span(const T* src, T (&dst)[N]) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<AlignedVector<T, N>*>(dst) = *reinterpret_cast<const AlignedVector<T, N>*>(src);
+#else
+  std::memcpy(dst, src, sizeof(T) * N);
+#endif
+}
+
+template <int N, typename T>
+PE_HOST_DEVICE void store_span(T* dst, const T (&src)[N]) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<AlignedVector<T, N>*>(dst) = *reinterpret_cast<const AlignedVector<T, N>*>(src);
+#else
+  std::memcpy(dst, src, sizeof(T) * N);
+#endif
+}
+
+// One launch's data: out[b, l, :] = x[b, l, :] * scale + pe(offset + l, :), all pointers at element (0, 0, 0).
+template <typename scalar_t, typename table_t>
+struct AddPeArgs {
+  using acc_t = acc_type<scalar_t>;
+  const scalar_t* x;      // [batch, seq_len, d_model]; nullptr when building a table (x taken as 0)
+  scalar_t* out;          // [batch, seq_len, d_model]
+  const table_t* table;   // [offset + seq_len or more, d_model]; nullptr when pe is computed on the fly
+  int64_t x_stride_b, x_stride_l, x_stride_d;
+  int64_t out_stride_b, out_stride_l, out_stride_d;
+  int64_t table_stride_l, table_stride_d;
+  int64_t batch, seq_len, d_model, offset;
+  acc_t scale;
+  double exponent;  // frequency_exponent(base, d_model)
+};
+
+// How the grid covers (batch, seq_len, d_model). A thread owns a chunk of `vec` columns, computes its frequencies
+// once, and walks positions with a grid-stride loop; for each position it computes (or loads) pe once and applies
+// it to every batch row of its block, so the sin/cos cost is divided by the batch rows per block.
+struct LaunchConfig {
+  int vec;                  // columns per chunk: 16-byte accesses when > 1, element by element when 1
+  int64_t chunks;           // ceil(d_model / vec)
+  int threads_x;            // threads over chunks (blockDim.x); they stride when chunks > threads_x
+  int threads_y;            // positions per block row (blockDim.y)
+  int64_t blocks_x;         // gridDim.x: position groups
+  int64_t blocks_y;         // gridDim.y: batch groups
+  int64_t batch_per_block;  // batch rows each block applies a computed pe row to
+};
+
+constexpr int kThreadsPerBlock = 256;
+constexpr int kBlocksPerSm = 8;  // 8 x 256 threads fill an SM (2048 threads)
+constexpr int64_t kMaxGridY = 65535;
+
+inline LaunchConfig make_launch_config(int64_t batch, int64_t seq_len, int64_t d_model, int vec, int num_sms) {
+  LaunchConfig c;
+  c.vec = vec;
+  c.chunks = (d_model + vec - 1) / vec;
+  c.threads_x = static_cast<int>(min64(c.chunks, kThreadsPerBlock));
+  c.threads_y = kThreadsPerBlock / c.threads_x;
+  const int64_t target_blocks = static_cast<int64_t>(num_sms) * kBlocksPerSm;
+  c.blocks_x = min64((seq_len + c.threads_y - 1) / c.threads_y, target_blocks);
+  // Few positions: split the batch across blocks too, so small-L shapes (decoding) still fill the GPU.
+  const int64_t batch_groups = min64(min64(batch, (target_blocks + c.blocks_x - 1) / c.blocks_x), kMaxGridY);
+  c.batch_per_block = (batch + batch_groups - 1) / batch_groups;
+  c.blocks_y = (batch + c.batch_per_block - 1) / c.batch_per_block;
+  return c;
+}
+
+// Everything thread (thread_x, thread_y) of block (block_x, block_y) does. VEC is the config's vec.
+template <int VEC, typename scalar_t, typename table_t>
+PE_HOST_DEVICE void add_pe_thread(const AddPeArgs<scalar_t, table_t>& a, const LaunchConfig& cfg, int64_t block_x,
+                                  int64_t block_y, int thread_x, int thread_y) {
+  using acc_t = acc_type<scalar_t>;
+  constexpr int kPairs = VEC / 2 + 1;  // pairs a VEC-wide span can touch
+  const int64_t batch_begin = block_y * cfg.batch_per_block;
+  const int64_t batch_end = min64(a.batch, batch_begin + cfg.batch_per_block);
+  const int64_t first_l = block_x * cfg.threads_y + thread_y;
+  const int64_t l_step = cfg.blocks_x * cfg.threads_y;
+
+  for (int64_t chunk = thread_x; chunk < cfg.chunks; chunk += cfg.threads_x) {
+    const int64_t col0 = chunk * VEC;
+    const int width = static_cast<int>(min64(VEC, a.d_model - col0));
+    const bool full = width == VEC;  // a full chunk takes the vector path; a row's tail goes element by element
+
+    acc_t freqs[kPairs];
+    if (a.table == nullptr) {
+      for (int k = 0; k < pairs_in_span(col0, width); ++k) freqs[k] = pair_frequency<acc_t>(col0 / 2 + k, a.exponent);
+    }
+
+    for (int64_t l = first_l; l < a.seq_len; l += l_step) {
+      acc_t pe[VEC];
+      if (a.table == nullptr) {
+        pe_span<acc_t>(a.offset + l, col0, width, freqs, pe);
+      } else {
+        const table_t* row = a.table + (a.offset + l) * a.table_stride_l + col0 * a.table_stride_d;
+        table_t loaded[VEC];
+        if (full) {
+          load_span<VEC>(row, loaded);
+        } else {
+          for (int k = 0; k < width; ++k) loaded[k] = row[k * a.table_stride_d];
+        }
+        for (int k = 0; k < width; ++k) pe[k] = static_cast<acc_t>(loaded[k]);
+      }
+
+      for (int64_t b = batch_begin; b < batch_end; ++b) {
+        scalar_t* out = a.out + b * a.out_stride_b + l * a.out_stride_l + col0 * a.out_stride_d;
+        scalar_t values[VEC];
+        if (a.x != nullptr) {
+          const scalar_t* x = a.x + b * a.x_stride_b + l * a.x_stride_l + col0 * a.x_stride_d;
+          if (full) {
+            load_span<VEC>(x, values);
+          } else {
+            for (int k = 0; k < width; ++k) values[k] = x[k * a.x_stride_d];
+          }
+          for (int k = 0; k < width; ++k) {
+            values[k] = static_cast<scalar_t>(static_cast<acc_t>(values[k]) * a.scale + pe[k]);
+          }
+        } else {
+          for (int k = 0; k < width; ++k) values[k] = static_cast<scalar_t>(pe[k]);
+        }
+        if (full) {
+          store_span<VEC>(out, values);
+        } else {
+          for (int k = 0; k < width; ++k) out[k * a.out_stride_d] = values[k];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace pe_ext::cuda_kernel

@@ -1,0 +1,134 @@
+// The op schemas, the argument checks every backend shares, and the Python module's build information.
+#include "pe_ops.h"
+
+#include <ATen/MemoryOverlap.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <limits>
+
+#include "pe_math.h"
+
+namespace pe_ext {
+namespace {
+
+bool is_supported_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+void check_base(double base) {
+  TORCH_CHECK_VALUE(std::isfinite(base) && base > 0, "pe_ext: base must be a positive finite number, got ", base);
+}
+
+void check_positions(int64_t offset, int64_t seq_len) {
+  TORCH_CHECK_VALUE(offset >= 0, "pe_ext: offset must be >= 0, got ", offset);
+  TORCH_CHECK_VALUE(offset <= std::numeric_limits<int64_t>::max() - seq_len, "pe_ext: offset (", offset,
+                    ") + seq_len (", seq_len, ") overflows int64");
+}
+
+void check_no_internal_overlap(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, "pe_ext: ", name,
+                    " has elements that share memory (an expanded or overlapping view); it cannot be written to. "
+                    "Pass a tensor with distinct elements, e.g. ", name, ".contiguous()");
+}
+
+// The (rows, d_model) view of a table given as (rows, d_model) or as the module's (1, rows, d_model) buffer.
+at::Tensor checked_table(const at::Tensor& table, const at::Tensor& x, int64_t d_model, int64_t last_position) {
+  TORCH_CHECK_VALUE(table.dim() == 2 || (table.dim() == 3 && table.size(0) == 1),
+                    "pe_ext: table must have shape (rows, d_model) or (1, rows, d_model), got ", table.sizes());
+  at::Tensor rows = table.dim() == 3 ? table.select(0, 0) : table;
+  TORCH_CHECK_VALUE(rows.size(1) == d_model, "pe_ext: table's last dimension (", rows.size(1),
+                    ") must equal x's last dimension d_model (", d_model, ")");
+  TORCH_CHECK_VALUE(table.device() == x.device(), "pe_ext: table is on ", table.device(), " but x is on ",
+                    x.device(), "; move them to the same device (module.to(x.device))");
+  TORCH_CHECK_TYPE(table.scalar_type() == x.scalar_type() || table.scalar_type() == at::kFloat,
+                   "pe_ext: table must be float32 or x's dtype (", x.scalar_type(), "), got ",
+                   table.scalar_type());
+  TORCH_CHECK_VALUE(last_position <= rows.size(0), "pe_ext: positions up to offset + seq_len = ", last_position,
+                    " need that many table rows, but the table has ", rows.size(0),
+                    " (max_len); raise max_len or compute on the fly (no table)");
+  return rows;
+}
+
+}  // namespace
+
+AddPeProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset,
+                            double scale, double base, int64_t seq_dim, const at::Tensor& out) {
+  TORCH_CHECK_VALUE(x.dim() == 2 || x.dim() == 3,
+                    "pe_ext: x must be 2-D (seq_len, d_model) or 3-D (batch, seq_len, d_model) or "
+                    "(seq_len, batch, d_model), got a ", x.dim(), "-D tensor of shape ", x.sizes());
+  TORCH_CHECK_TYPE(is_supported_dtype(x.scalar_type()),
+                   "pe_ext: x must be float32, float64, float16 or bfloat16, got ", x.scalar_type());
+  const int64_t allowed_seq_dims = x.dim() - 1;  // the position dimension is never the last (d_model) one
+  TORCH_CHECK_VALUE(seq_dim >= -x.dim() && seq_dim < allowed_seq_dims && seq_dim != -1,
+                    "pe_ext: seq_dim must index a dimension of x other than the last (d_model); got ", seq_dim,
+                    " for a ", x.dim(), "-D x");
+  TORCH_CHECK_VALUE(std::isfinite(scale), "pe_ext: scale must be finite, got ", scale);
+  check_base(base);
+  TORCH_CHECK_VALUE(out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type() && out.device() == x.device(),
+                    "pe_ext: internal error: out does not match x");
+  if (out.is_same(x)) check_no_internal_overlap(out, "x");
+
+  // Batch-first (batch, seq_len, d_model) views.
+  const int64_t dim = seq_dim < 0 ? seq_dim + x.dim() : seq_dim;
+  auto batch_first = [&](const at::Tensor& t) {
+    if (t.dim() == 2) return t.unsqueeze(0);
+    return dim == 0 ? t.transpose(0, 1) : t;
+  };
+  AddPeProblem p;
+  p.x = batch_first(x);
+  p.out = batch_first(out);
+  p.offset = offset;
+  p.scale = scale;
+  p.exponent = frequency_exponent(base, p.d_model());
+  check_positions(offset, p.seq_len());
+  if (table.has_value() && table->defined()) {
+    p.table = checked_table(*table, x, p.d_model(), offset + p.seq_len());
+    if (p.out.numel() > 0) at::assert_no_overlap(out, *table);
+  }
+  return p;
+}
+
+AddPeProblem prepare_fill_table(const at::Tensor& out, int64_t offset, double base) {
+  TORCH_CHECK_VALUE(out.dim() == 2, "pe_ext: out must be 2-D (num_positions, d_model), got shape ", out.sizes());
+  TORCH_CHECK_TYPE(is_supported_dtype(out.scalar_type()),
+                   "pe_ext: out must be float32, float64, float16 or bfloat16, got ", out.scalar_type());
+  check_base(base);
+  check_positions(offset, out.size(0));
+  check_no_internal_overlap(out, "out");
+  AddPeProblem p;
+  p.out = out.unsqueeze(0);
+  p.offset = offset;
+  p.exponent = frequency_exponent(base, out.size(1));
+  return p;
+}
+
+}  // namespace pe_ext
+
+// The schemas, declared once. Backends register kernels with TORCH_LIBRARY_IMPL beside their code.
+TORCH_LIBRARY(pe_ext, m) {
+  // out = x * scale + pe(offset + l) along dimension seq_dim of x; pe read from table when given, else computed.
+  m.def("add_pe(Tensor x, Tensor? table=None, int offset=0, float scale=1.0, float base=10000.0, "
+        "int seq_dim=1) -> Tensor");
+  // The same, written into x.
+  m.def("add_pe_(Tensor(a!) x, Tensor? table=None, int offset=0, float scale=1.0, float base=10000.0, "
+        "int seq_dim=1) -> ()");
+  // out[p, :] = pe(offset + p, :): the table, built where out lives.
+  m.def("fill_table_(Tensor(a!) out, int offset=0, float base=10000.0) -> ()");
+  // Test only: runs the CUDA kernel's per-thread body over the CUDA launch grid, on the CPU.
+  m.def("_cuda_grid_emulator(Tensor(a!) out, Tensor? x, Tensor? table, int offset, float scale, float base, "
+        "int seq_dim, int num_sms) -> ()");
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "pe_ext compiled ops; loading this module registers torch.ops.pe_ext.*";
+  m.def("built_with_cuda", [] {
+#ifdef PE_EXT_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  }, "Whether the CUDA kernels were compiled into this build");
+}

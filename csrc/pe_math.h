@@ -1,0 +1,84 @@
+// The sinusoidal positional encoding, written once. Every kernel (CPU, CUDA and the CUDA grid emulator) computes
+// its values with these functions, so the CPU tests exercise the very formulas the GPU runs.
+//
+//   pe(pos, 2i)   = sin(pos * freq(i))
+//   pe(pos, 2i+1) = cos(pos * freq(i)),   freq(i) = exp(2i * -(log(base) / d_model))
+//
+// For float32 (and float16/bfloat16, which compute in float32) every step is rounded as the classic float32
+// module rounds it, so on-the-fly values match its table; float64 inputs get float64 all the way.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define PE_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define PE_HOST_DEVICE inline
+#endif
+
+namespace pe_ext {
+
+// The exponent factor -(log(base) / d_model). The classic module computes it in double (Python floats).
+inline double frequency_exponent(double base, int64_t d_model) {
+  return -(std::log(base) / static_cast<double>(d_model));
+}
+
+// freq(pair). The classic module multiplies a float32 arange by the exponent (rounded to float32), then takes a
+// float32 exp. The exp here is done in double and rounded once, which is correctly rounded and identical on CPU
+// and GPU (torch's float32 exp and CUDA's expf are within 1-2 ulp of it, not bit-stable across devices).
+template <typename acc_t>
+PE_HOST_DEVICE acc_t pair_frequency(int64_t pair, double exponent) {
+  const acc_t arg = static_cast<acc_t>(2 * pair) * static_cast<acc_t>(exponent);
+  return static_cast<acc_t>(::exp(static_cast<double>(arg)));
+}
+
+// The angle pos * freq, rounded in acc_t as the classic float32 product `position * div_term` is.
+template <typename acc_t>
+PE_HOST_DEVICE acc_t pe_angle(int64_t pos, acc_t freq) {
+  return static_cast<acc_t>(pos) * freq;
+}
+
+// Accurate sin and cos (no fast-math intrinsics: the angle reaches 1e5 and beyond, where __sinf is useless).
+PE_HOST_DEVICE void sin_cos(float angle, float* s, float* c) {
+#if defined(__CUDA_ARCH__)
+  ::sincosf(angle, s, c);
+#else
+  *s = std::sin(angle);
+  *c = std::cos(angle);
+#endif
+}
+
+PE_HOST_DEVICE void sin_cos(double angle, double* s, double* c) {
+#if defined(__CUDA_ARCH__)
+  ::sincos(angle, s, c);
+#else
+  *s = std::sin(angle);
+  *c = std::cos(angle);
+#endif
+}
+
+// pe(pos, col) for columns [col0, col0 + width) into values[0, width). freqs[k] holds freq((col0 + k) / 2) for
+// the pairs the span touches, starting at pair col0 / 2. Each (pos, pair) costs one sin_cos.
+template <typename acc_t>
+PE_HOST_DEVICE void pe_span(int64_t pos, int64_t col0, int width, const acc_t* freqs, acc_t* values) {
+  int k = 0;
+  while (k < width) {
+    const int64_t col = col0 + k;
+    acc_t s, c;
+    sin_cos(pe_angle<acc_t>(pos, freqs[col / 2 - col0 / 2]), &s, &c);
+    if (col % 2 == 0) {
+      values[k++] = s;
+      if (k < width) values[k++] = c;
+    } else {
+      values[k++] = c;
+    }
+  }
+}
+
+// Number of (sin, cos) pairs that columns [col0, col0 + width) touch.
+PE_HOST_DEVICE int pairs_in_span(int64_t col0, int width) {
+  return width == 0 ? 0 : static_cast<int>((col0 + width - 1) / 2 - col0 / 2 + 1);
+}
+
+}  // namespace pe_ext

@@ -1,0 +1,15 @@
+"""pe_ext: fast, exact sinusoidal positional encoding for PyTorch."""
+
+from ._backend import backend, has_extension
+from .modules import PositionalEncoding
+from .ops import add_sinusoidal_pe, add_sinusoidal_pe_, sinusoidal_table
+
+__all__ = [
+    "PositionalEncoding",
+    "add_sinusoidal_pe",
+    "add_sinusoidal_pe_",
+    "backend",
+    "has_extension",
+    "sinusoidal_table",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,74 @@
+"""Loads the compiled ops (pe_ext._C) or, where they are missing, registers the pure-PyTorch reference under the
+same names, so torch.ops.pe_ext.* always exists and every caller takes one path. backend() says which runs where.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from . import reference
+
+# The op schemas as csrc/ops.cpp declares them; the fallback defines these when no compiled library is loaded, and a
+# test checks that they match the compiled ones.
+SCHEMAS = {
+    "add_pe": "add_pe(Tensor x, Tensor? table=None, int offset=0, float scale=1.0, float base=10000.0, "
+    "int seq_dim=1) -> Tensor",
+    "add_pe_": "add_pe_(Tensor(a!) x, Tensor? table=None, int offset=0, float scale=1.0, float base=10000.0, "
+    "int seq_dim=1) -> ()",
+    "fill_table_": "fill_table_(Tensor(a!) out, int offset=0, float base=10000.0) -> ()",
+}
+_REFERENCE_KERNELS = {"add_pe": reference.add_pe, "add_pe_": reference.add_pe_, "fill_table_": reference.fill_table_}
+
+EXTENSION_CPU = "C++ extension"
+EXTENSION_CUDA = "CUDA extension"
+FALLBACK = "pure-PyTorch fallback"
+
+
+def _load_extension():
+    """The compiled module, or None and the reason it is not used."""
+    if os.environ.get("PE_EXT_FORCE_FALLBACK", "0") == "1":
+        return None, "PE_EXT_FORCE_FALLBACK=1"
+    try:
+        from . import _C
+    except ImportError as error:  # not built, or built against another torch
+        return None, str(error)
+    return _C, None
+
+
+def _register_reference(lib: torch.library.Library, dispatch_keys: tuple[str, ...]) -> None:
+    for name, kernel in _REFERENCE_KERNELS.items():
+        for key in dispatch_keys:
+            lib.impl(name, kernel, key)
+
+
+_C, LOAD_ERROR = _load_extension()
+if _C is None:
+    warnings.warn(
+        f"pe_ext: the compiled extension is not available ({LOAD_ERROR}); using the pure-PyTorch fallback, which is "
+        "correct but not fused. Build it with `pip install --no-build-isolation -e .`",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    _lib = torch.library.Library("pe_ext", "DEF")
+    for _schema in SCHEMAS.values():
+        _lib.define(_schema)
+    _register_reference(_lib, ("CPU", "CUDA"))
+elif not _C.built_with_cuda():
+    _lib = torch.library.Library("pe_ext", "IMPL")
+    _register_reference(_lib, ("CUDA",))
+
+
+def has_extension() -> bool:
+    """Whether the compiled C++ ops are loaded."""
+    return _C is not None
+
+
+def backend() -> dict[str, str]:
+    """Which implementation runs on each device type, e.g. {'cpu': 'C++ extension', 'cuda': 'CUDA extension'}."""
+    cuda = FALLBACK if _C is None or not _C.built_with_cuda() else EXTENSION_CUDA
+    if not torch.cuda.is_available():
+        cuda += " (no CUDA device present)"
+    return {"cpu": EXTENSION_CPU if _C is not None else FALLBACK, "cuda": cuda}

@@ -1,0 +1,71 @@
+"""Builds pe_ext._C: the C++ CPU kernels always, the CUDA kernels when nvcc and a CUDA build of torch are present.
+
+Environment switches:
+  PE_EXT_FORCE_CPU=1    build the CPU kernels only, even where CUDA could be compiled
+  PE_EXT_FORCE_CUDA=1   fail unless the CUDA kernels are compiled (used by CI)
+  PE_EXT_SANITIZE=1     build the C++ code with AddressSanitizer and UndefinedBehaviorSanitizer
+  TORCH_CUDA_ARCH_LIST  CUDA targets; default "8.0;9.0+PTX" (A100, H100/H200, PTX for newer chips)
+"""
+
+import os
+from pathlib import Path
+
+from setuptools import setup
+
+import torch
+from torch.utils import cpp_extension
+
+ROOT = Path(__file__).parent.resolve()
+CSRC = ROOT / "csrc"
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def cuda_build_possible() -> bool:
+    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+
+
+def extension():
+    force_cpu, force_cuda = env_flag("PE_EXT_FORCE_CPU"), env_flag("PE_EXT_FORCE_CUDA")
+    if force_cpu and force_cuda:
+        raise RuntimeError("PE_EXT_FORCE_CPU and PE_EXT_FORCE_CUDA are both set; choose one")
+    with_cuda = not force_cpu and cuda_build_possible()
+    if force_cuda and not with_cuda:
+        raise RuntimeError(
+            "PE_EXT_FORCE_CUDA=1 but CUDA cannot be compiled here: "
+            f"torch.version.cuda={torch.version.cuda!r}, CUDA_HOME={cpp_extension.CUDA_HOME!r} "
+            "(install a CUDA build of torch and set CUDA_HOME, e.g. /usr/local/cuda)"
+        )
+
+    sources = [CSRC / "ops.cpp", CSRC / "cpu" / "pe_cpu.cpp", CSRC / "testing" / "grid_emulator.cpp"]
+    cxx = ["-O3", "-g0"]
+    ldflags = []
+    if env_flag("PE_EXT_SANITIZE"):
+        sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
+        cxx = ["-O1", "-g", *sanitize]
+        ldflags += sanitize
+    args = {"cxx": cxx}
+    kind = cpp_extension.CppExtension
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+        sources.append(CSRC / "cuda" / "pe_cuda.cu")
+        args["cxx"] = [*cxx, "-DPE_EXT_WITH_CUDA"]
+        # No --use_fast_math: sin/cos must stay accurate at large angles.
+        args["nvcc"] = ["-O3", "-Xcompiler=-g0", "-DPE_EXT_WITH_CUDA", "-lineinfo", "--ptxas-options=-v"]
+        kind = cpp_extension.CUDAExtension
+    print(f"pe_ext: building {'CPU + CUDA' if with_cuda else 'CPU-only'} kernels", flush=True)
+    return kind(
+        name="pe_ext._C",
+        sources=[str(s.relative_to(ROOT)) for s in sources],
+        include_dirs=[str(CSRC)],
+        extra_compile_args=args,
+        extra_link_args=ldflags,
+    )
+
+
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)
