@@ -67,9 +67,13 @@ AddPeProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>
                     " for a ", x.dim(), "-D x");
   TORCH_CHECK_VALUE(std::isfinite(scale), "pe_ext: scale must be finite, got ", scale);
   check_base(base);
-  TORCH_CHECK_VALUE(out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type() && out.device() == x.device(),
-                    "pe_ext: internal error: out does not match x");
-  if (out.is_same(x)) check_no_internal_overlap(out, "x");
+  TORCH_CHECK_VALUE(out.sizes() == x.sizes(), "pe_ext: out must have x's shape ", x.sizes(), ", got ", out.sizes());
+  TORCH_CHECK_TYPE(out.scalar_type() == x.scalar_type(), "pe_ext: out must have x's dtype (", x.scalar_type(),
+                   "), got ", out.scalar_type());
+  TORCH_CHECK_VALUE(out.device() == x.device(), "pe_ext: out is on ", out.device(), " but x is on ", x.device());
+  const bool in_place = out.is_same(x);
+  check_no_internal_overlap(out, in_place ? "x" : "out");
+  if (!in_place && out.numel() > 0) at::assert_no_overlap(out, x);
 
   // Batch-first (batch, seq_len, d_model) views.
   const int64_t dim = seq_dim < 0 ? seq_dim + x.dim() : seq_dim;
@@ -115,6 +119,9 @@ TORCH_LIBRARY(pe_ext, m) {
   // The same, written into x.
   m.def("add_pe_(Tensor(a!) x, Tensor? table=None, int offset=0, float scale=1.0, float base=10000.0, "
         "int seq_dim=1) -> ()");
+  // The same, written into a preallocated out of x's shape and dtype that does not overlap x.
+  m.def("add_pe_out(Tensor x, Tensor? table, int offset, float scale, float base, int seq_dim, "
+        "Tensor(a!) out) -> ()");
   // out[p, :] = pe(offset + p, :): the table, built where out lives.
   m.def("fill_table_(Tensor(a!) out, int offset=0, float base=10000.0) -> ()");
   // Test only: runs the CUDA kernel's per-thread body over the CUDA launch grid, on the CPU.

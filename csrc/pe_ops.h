@@ -22,7 +22,7 @@ struct AddPeProblem {
   int64_t d_model() const { return out.size(2); }
 };
 
-// Check the arguments of add_pe / add_pe_ (out is x for the in-place op) and view them batch-first.
+// Check the arguments of add_pe / add_pe_ / add_pe_out (out is x for the in-place op) and view them batch-first.
 // Every check runs before anything is written.
 AddPeProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset,
                             double scale, double base, int64_t seq_dim, const at::Tensor& out);
@@ -45,6 +45,12 @@ template <ProblemKernel kernel>
 void add_pe_inplace_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset, double scale,
                        double base, int64_t seq_dim) {
   kernel(prepare_add_pe(x, table, offset, scale, base, seq_dim, x));
+}
+
+template <ProblemKernel kernel>
+void add_pe_out_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset, double scale,
+                   double base, int64_t seq_dim, const at::Tensor& out) {
+  kernel(prepare_add_pe(x, table, offset, scale, base, seq_dim, out));
 }
 
 template <ProblemKernel kernel>

@@ -18,9 +18,16 @@ SCHEMAS = {
     "int seq_dim=1) -> Tensor",
     "add_pe_": "add_pe_(Tensor(a!) x, Tensor? table=None, int offset=0, float scale=1.0, float base=10000.0, "
     "int seq_dim=1) -> ()",
+    "add_pe_out": "add_pe_out(Tensor x, Tensor? table, int offset, float scale, float base, int seq_dim, "
+    "Tensor(a!) out) -> ()",
     "fill_table_": "fill_table_(Tensor(a!) out, int offset=0, float base=10000.0) -> ()",
 }
-_REFERENCE_KERNELS = {"add_pe": reference.add_pe, "add_pe_": reference.add_pe_, "fill_table_": reference.fill_table_}
+_REFERENCE_KERNELS = {
+    "add_pe": reference.add_pe,
+    "add_pe_": reference.add_pe_,
+    "add_pe_out": reference.add_pe_out,
+    "fill_table_": reference.fill_table_,
+}
 
 EXTENSION_CPU = "C++ extension"
 EXTENSION_CUDA = "CUDA extension"

@@ -15,24 +15,34 @@ def _seq_dim(x: Tensor, batch_first: bool) -> int:
 
 
 def add_sinusoidal_pe(x: Tensor, table: Tensor | None = None, *, offset: int = 0, scale: float = 1.0,
-                      base: float = DEFAULT_BASE, batch_first: bool = True) -> Tensor:
+                      base: float = DEFAULT_BASE, batch_first: bool = True, out: Tensor | None = None) -> Tensor:
     """x * scale + pe(offset + l) for every position l of x, in one pass; the result keeps x's dtype.
 
     x is (batch, seq_len, d_model) when batch_first, (seq_len, batch, d_model) otherwise, or (seq_len, d_model).
     pe rows are read from `table` ((rows, d_model) or the module's (1, rows, d_model); float32 or x's dtype) when
-    given, else computed on the fly with no length limit.
+    given, else computed on the fly with no length limit. `out`, if given, is written and returned (no autograd,
+    as with torch's out= arguments).
     """
-    return torch.ops.pe_ext.add_pe.default(x, table, offset, scale, base, _seq_dim(x, batch_first))
+    seq_dim = _seq_dim(x, batch_first)
+    if out is None:
+        return torch.ops.pe_ext.add_pe.default(x, table, offset, scale, base, seq_dim)
+    _refuse_autograd("add_sinusoidal_pe(..., out=)", x, table)
+    torch.ops.pe_ext.add_pe_out.default(x, table, offset, scale, base, seq_dim, out)
+    return out
+
+
+def _refuse_autograd(what: str, x: Tensor, table: Tensor | None) -> None:
+    if torch.is_grad_enabled() and (x.requires_grad or (table is not None and table.requires_grad)):
+        raise RuntimeError(
+            f"pe_ext: {what} does not support autograd and x or table requires grad; use add_sinusoidal_pe "
+            "without out=, or run under torch.no_grad()"
+        )
 
 
 def add_sinusoidal_pe_(x: Tensor, table: Tensor | None = None, *, offset: int = 0, scale: float = 1.0,
                        base: float = DEFAULT_BASE, batch_first: bool = True) -> Tensor:
     """add_sinusoidal_pe written into x, which is returned. Refuses tensors that autograd tracks."""
-    if torch.is_grad_enabled() and (x.requires_grad or (table is not None and table.requires_grad)):
-        raise RuntimeError(
-            "pe_ext: add_sinusoidal_pe_ cannot run in place on tensors that require grad (x or table); "
-            "use add_sinusoidal_pe, or run under torch.no_grad()"
-        )
+    _refuse_autograd("add_sinusoidal_pe_ (in place)", x, table)
     torch.ops.pe_ext.add_pe_.default(x, table, offset, scale, base, _seq_dim(x, batch_first))
     return x
 
@@ -56,6 +66,11 @@ def _add_pe_fake(x, table=None, offset=0, scale=1.0, base=DEFAULT_BASE, seq_dim=
 
 @torch.library.register_fake("pe_ext::add_pe_")
 def _add_pe_inplace_fake(x, table=None, offset=0, scale=1.0, base=DEFAULT_BASE, seq_dim=1):
+    return None
+
+
+@torch.library.register_fake("pe_ext::add_pe_out")
+def _add_pe_out_fake(x, table, offset, scale, base, seq_dim, out):
     return None
 
 

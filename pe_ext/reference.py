@@ -20,11 +20,10 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def frequencies(d_model: int, base: float, dtype: torch.dtype, device=None) -> Tensor:
-    """freq(i) for the ceil(d_model / 2) pairs: exp(2i * -(log(base) / d_model)), the product rounded in `dtype` as
-    the classic float32 module rounds it, the exp correctly rounded (computed in float64)."""
-    exponent = -(math.log(base) / d_model)
-    arg = torch.arange(0, d_model, 2, dtype=dtype, device=device) * exponent
-    return torch.exp(arg.double()).to(dtype)
+    """freq(i) = exp(2i * -(log(base) / d_model)) for the ceil(d_model / 2) pairs, computed in float64 and rounded
+    once to `dtype` (as csrc/pe_math.h does)."""
+    exponent = -(math.log(base) / d_model) if d_model > 0 else 0.0  # no pairs when d_model == 0
+    return torch.exp(torch.arange(0, d_model, 2, dtype=torch.float64, device=device) * exponent).to(dtype)
 
 
 def pe_rows(positions: Tensor, d_model: int, base: float, dtype: torch.dtype) -> Tensor:
@@ -61,6 +60,19 @@ def _check_no_internal_overlap(t: Tensor, name: str) -> None:
             f"pe_ext: {name} has elements that share memory (an expanded or overlapping view); it cannot be "
             f"written to. Pass a tensor with distinct elements, e.g. {name}.contiguous()"
         )
+
+
+def _share_memory(a: Tensor, b: Tensor) -> bool:
+    """Whether the byte ranges a and b span in one storage intersect (conservative, as at::assert_no_overlap)."""
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr() or a.numel() == 0 or b.numel() == 0:
+        return False
+
+    def span(t):
+        start = t.data_ptr()
+        return start, start + sum((n - 1) * st for n, st in zip(t.shape, t.stride())) * t.element_size() + t.element_size()
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
 
 
 def _checked_seq_dim(x: Tensor, seq_dim: int) -> int:
@@ -130,6 +142,21 @@ def add_pe_(x: Tensor, table: Tensor | None = None, offset: int = 0, scale: floa
     _checked_seq_dim(x, seq_dim)
     _check_no_internal_overlap(x, "x")
     x.copy_(_add_pe_values(x, table, offset, scale, base, seq_dim))
+
+
+def add_pe_out(x: Tensor, table: Tensor | None, offset: int, scale: float, base: float, seq_dim: int,
+               out: Tensor) -> None:
+    """add_pe written into out, which has x's shape, dtype and device and does not overlap x."""
+    if out.shape != x.shape:
+        raise ValueError(f"pe_ext: out must have x's shape {list(x.shape)}, got {list(out.shape)}")
+    if out.dtype != x.dtype:
+        raise TypeError(f"pe_ext: out must have x's dtype ({x.dtype}), got {out.dtype}")
+    if out.device != x.device:
+        raise ValueError(f"pe_ext: out is on {out.device} but x is on {x.device}")
+    _check_no_internal_overlap(out, "out")
+    if out.numel() > 0 and _share_memory(out, x):
+        raise ValueError("pe_ext: out must not overlap x; use add_pe_ to write into x")
+    out.copy_(_add_pe_values(x, table, offset, scale, base, seq_dim))
 
 
 def fill_table_(out: Tensor, offset: int = 0, base: float = 10000.0) -> None:

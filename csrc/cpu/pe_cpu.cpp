@@ -96,5 +96,6 @@ TORCH_LIBRARY_IMPL(pe_ext, CPU, m) {
   using pe_ext::cpu::add_pe_cpu;
   m.impl("add_pe", &pe_ext::add_pe_op<add_pe_cpu>);
   m.impl("add_pe_", &pe_ext::add_pe_inplace_op<add_pe_cpu>);
+  m.impl("add_pe_out", &pe_ext::add_pe_out_op<add_pe_cpu>);
   m.impl("fill_table_", &pe_ext::fill_table_op<add_pe_cpu>);
 }

@@ -45,5 +45,6 @@ TORCH_LIBRARY_IMPL(pe_ext, CUDA, m) {
   using pe_ext::cuda_kernel::add_pe_cuda;
   m.impl("add_pe", &pe_ext::add_pe_op<add_pe_cuda>);
   m.impl("add_pe_", &pe_ext::add_pe_inplace_op<add_pe_cuda>);
+  m.impl("add_pe_out", &pe_ext::add_pe_out_op<add_pe_cuda>);
   m.impl("fill_table_", &pe_ext::fill_table_op<add_pe_cuda>);
 }

@@ -1,0 +1,39 @@
+# The README's two commands: `make test` and `make bench`. Each sets up everything on a fresh machine: a virtual
+# environment with torch and the build tools, then the extension (with CUDA kernels where nvcc is found).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.14.1
+DEPS := torch==$(TORCH_VERSION) numpy ninja pybind11 setuptools wheel pytest hypothesis matplotlib tqdm
+BENCH_ARGS ?=
+
+# torch guesses the CUDA root from the nvcc on PATH, which may be a wrapper; point it at the toolkit.
+ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
+export CUDA_HOME ?= /usr/local/cuda
+endif
+
+.PHONY: setup build test bench clean
+
+setup: $(VENV)/.deps-stamp
+
+$(VENV)/.deps-stamp: Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(DEPS)
+	touch $@
+
+build: pe_ext/.build-stamp
+
+pe_ext/.build-stamp: $(VENV)/.deps-stamp setup.py $(shell find csrc -type f)
+	$(PY) -m pip install -q --no-build-isolation -e .
+	$(PY) -c "import pe_ext; print('pe_ext backend:', pe_ext.backend())"
+	touch $@
+
+test: build
+	$(PY) -m pytest -q tests
+
+bench: build
+	$(PY) bench/bench_pe.py $(BENCH_ARGS)
+
+clean:
+	rm -rf build pe_ext/_C*.so pe_ext/.build-stamp *.egg-info

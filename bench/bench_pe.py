@@ -1,0 +1,288 @@
+#!/usr/bin/env python3
+"""pe_ext benchmark: the classic module (eager and torch.compile), pe_ext (table and on the fly) and x.clone(), side
+by side in one run, on one device. Writes a terminal table, results.csv, results.md and results.png.
+
+    python bench/bench_pe.py                  # full sweep, CUDA when present
+    python bench/bench_pe.py --device cpu --quick
+
+Timing: CUDA uses triton.testing.do_bench (warm-up, L2 flushed before every run, median and 20/80th percentiles);
+CPU uses torch.utils.benchmark (blocked_autorange, median and interquartile range). Every provider allocates its
+output as ordinary PyTorch code does. On CPU, glibc hands large freed blocks back to the OS, so each call would
+page-fault its output in again and the page faults would dominate; the benchmark therefore runs under
+MALLOC_MMAP_MAX_=0 and a large MALLOC_TRIM_THRESHOLD_ (re-executing itself to set them), which lets every provider
+reuse warm memory alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import math
+import os
+import platform
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+CPU_ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pe_ext  # noqa: E402
+
+MAX_LEN = 32768
+DROPOUT = 0.1
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+VARIANTS = ("plain", "scale", "scale_dropout")
+PROVIDERS = ("clone", "classic_eager", "classic_compiled", "pe_ext_table", "pe_ext_on_the_fly")
+
+FULL_SHAPES = [(64, 1, 4096), (8, 1, 8192), (8, 512, 512), (16, 1024, 1024), (4, 2048, 4096), (1, 32768, 1024),
+               (1, 8192, 8192), (2, 4096, 8192)]
+QUICK_SHAPES = [(64, 1, 512), (8, 512, 512), (2, 4096, 1024)]
+
+
+@dataclass
+class Row:
+    variant: str
+    dtype: str
+    shape: tuple
+    provider: str
+    median_us: float
+    spread_us: float  # interquartile range on CPU, 20th-80th percentile range on CUDA
+    gbps: float
+    pct_clone: float = float("nan")
+    speedup_eager: float = float("nan")
+    speedup_compiled: float = float("nan")
+    peak_extra_mib: float = float("nan")
+
+    @property
+    def mib(self) -> float:
+        return math.prod(self.shape) * torch.tensor([], dtype=DTYPES[self.dtype]).element_size() / 2**20
+
+
+class ClassicPositionalEncoding(torch.nn.Module):
+    """The classic module as the tutorials write it, with the scale and dropout the variants need."""
+
+    def __init__(self, d_model: int, max_len: int, scale: float, dropout: float):
+        super().__init__()
+        position = torch.arange(0, max_len, dtype=torch.float).unsqueeze(1)
+        div_term = torch.exp(torch.arange(0, d_model, 2).float() * -(math.log(10000.0) / d_model))
+        pe = torch.zeros(max_len, d_model)
+        pe[:, 0::2] = torch.sin(position * div_term)
+        pe[:, 1::2] = torch.cos(position * div_term)
+        self.register_buffer("pe", pe.unsqueeze(0))
+        self.scale, self.dropout = scale, torch.nn.Dropout(dropout)
+
+    def forward(self, x):
+        if self.scale != 1.0:
+            x = x * self.scale
+        return self.dropout(x + self.pe[:, : x.size(1)])
+
+
+def make_providers(variant: str, d_model: int, device: str, compiled_cache: dict):
+    scale = math.sqrt(d_model) if variant != "plain" else 1.0
+    dropout = DROPOUT if variant == "scale_dropout" else 0.0
+    classic = ClassicPositionalEncoding(d_model, MAX_LEN, scale, dropout).to(device).train()
+    ours_table = pe_ext.PositionalEncoding(d_model, MAX_LEN, dropout, scale=scale, device=device).train()
+    ours_otf = pe_ext.PositionalEncoding(d_model, MAX_LEN, dropout, scale=scale, buffer="none").to(device).train()
+    key = (variant, d_model)
+    if key not in compiled_cache:
+        compiled_cache[key] = torch.compile(classic, dynamic=True)
+    compiled = compiled_cache[key]
+    compiled.pe = classic.pe  # noqa: the compiled wrapper reads the module it wraps
+    return {
+        "clone": lambda x: x.clone(),
+        "classic_eager": classic,
+        "classic_compiled": compiled,
+        "pe_ext_table": ours_table,
+        "pe_ext_on_the_fly": ours_otf,
+    }
+
+
+def time_cpu(fn) -> tuple[float, float]:
+    from torch.utils import benchmark
+
+    m = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
+        min_run_time=0.3)
+    return m.median * 1e6, m.iqr * 1e6
+
+
+def time_cuda(fn) -> tuple[float, float]:
+    from triton.testing import do_bench
+
+    median, low, high = do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
+    return median * 1e3, (high - low) * 1e3
+
+
+def peak_extra_mib(fn, device: str) -> float:
+    if device != "cuda":
+        return float("nan")  # no allocator statistics on CPU
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    out = fn()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before - out.numel() * out.element_size()
+    del out
+    return max(extra, 0) / 2**20
+
+
+def run(args) -> list[Row]:
+    from tqdm import tqdm
+
+    device = args.device
+    shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    dtypes = ["float32", "bfloat16"] if args.quick else list(DTYPES)
+    variants = ("plain", "scale") if args.quick else VARIANTS
+    timer = time_cuda if device == "cuda" else time_cpu
+    configs = [(v, d, s) for v in variants for d in dtypes for s in shapes]
+    rows, compiled_cache = [], {}
+    for variant, dtype_name, shape in tqdm(configs, desc="bench", unit="config", file=sys.stderr):
+        providers = make_providers(variant, shape[-1], device, compiled_cache)
+        x = torch.randn(shape, device=device).to(DTYPES[dtype_name])
+        moved = 2 * x.numel() * x.element_size()  # read x, write out
+        group = []
+        for name in PROVIDERS:
+            if args.skip_compiled and name == "classic_compiled":
+                continue
+            fn = (lambda f=providers[name]: f(x))
+            with torch.no_grad():
+                fn()  # compile / warm up outside the timing
+                median, spread = timer(fn)
+                extra = peak_extra_mib(fn, device)
+            group.append(Row(variant, dtype_name, shape, name, median, spread, moved / median / 1e3,
+                             peak_extra_mib=extra))
+        base = {r.provider: r.median_us for r in group}
+        for r in group:
+            r.pct_clone = 100 * base["clone"] / r.median_us
+            r.speedup_eager = base["classic_eager"] / r.median_us
+            r.speedup_compiled = base.get("classic_compiled", float("nan")) / r.median_us
+        rows.extend(group)
+    return rows
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def header_lines(args) -> list[str]:
+    allocation = ("outputs allocated per call by every provider; glibc set to keep freed memory "
+                  f"({' '.join(f'{k}={v}' for k, v in CPU_ALLOCATOR_ENV.items())})" if args.device == "cpu"
+                  else "outputs allocated per call by every provider (CUDA caching allocator)")
+    return [
+        f"device: {device_name(args.device)}",
+        f"torch {torch.__version__}, pe_ext backend {pe_ext.backend()[args.device]}",
+        f"date: {datetime.date.today().isoformat()}",
+        f"timing: {'triton do_bench, median and p20-p80' if args.device == 'cuda' else 'torch.utils.benchmark, median and IQR'}",
+        f"allocation: {allocation}",
+        "pe_ext dropout: nn.Dropout after the fused add (dropout is not fused yet)",
+        "bytes moved: read x + write out in x's dtype; % clone = clone time / provider time",
+    ]
+
+
+COLUMNS = ["variant", "dtype", "shape", "MiB", "provider", "median_us", "spread_us", "GB/s", "%clone",
+           "x_eager", "x_compiled", "peak_extra_MiB"]
+
+
+def row_values(r: Row) -> list[str]:
+    return [r.variant, r.dtype, "x".join(map(str, r.shape)), f"{r.mib:.1f}", r.provider, f"{r.median_us:.1f}",
+            f"{r.spread_us:.1f}", f"{r.gbps:.1f}", f"{r.pct_clone:.0f}", f"{r.speedup_eager:.2f}",
+            f"{r.speedup_compiled:.2f}", "-" if math.isnan(r.peak_extra_mib) else f"{r.peak_extra_mib:.1f}"]
+
+
+def write_outputs(rows: list[Row], args) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    header = header_lines(args)
+    table = [COLUMNS] + [row_values(r) for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
+    print("\n".join(header))
+    for line in table:
+        print("  ".join(v.rjust(w) for v, w in zip(line, widths)))
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        for line in header:
+            writer.writerow([f"# {line}"])
+        writer.writerows(table)
+    with open(out / "results.md", "w") as f:
+        f.write("\n".join(f"- {line}" for line in header) + "\n\n")
+        f.write("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n")
+        for line in table[1:]:
+            f.write("| " + " | ".join(line) + " |\n")
+        f.write("\n" + summary(rows) + "\n")
+    plot(rows, out / "results.png", header[0])
+    print(summary(rows))
+    print(f"wrote {out}/results.csv, results.md, results.png")
+
+
+def summary(rows: list[Row]) -> str:
+    """Median over shapes of each pe_ext provider's ratios, per variant and dtype."""
+    lines = ["Summary (median over shapes; ratios measured in this run):", ""]
+    lines.append("| variant | dtype | provider | x eager | x compiled | % clone |")
+    lines.append("|---|---|---|---|---|---|")
+    keys = sorted({(r.variant, r.dtype, r.provider) for r in rows if r.provider.startswith("pe_ext")})
+    for variant, dtype, provider in keys:
+        sel = [r for r in rows if (r.variant, r.dtype, r.provider) == (variant, dtype, provider)]
+        med = lambda attr: statistics.median(getattr(r, attr) for r in sel)  # noqa: E731
+        lines.append(f"| {variant} | {dtype} | {provider} | {med('speedup_eager'):.2f} | "
+                     f"{med('speedup_compiled'):.2f} | {med('pct_clone'):.0f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_speed, ax_roof) = plt.subplots(1, 2, figsize=(13, 5))
+    for provider, marker in (("pe_ext_table", "o"), ("pe_ext_on_the_fly", "s"), ("classic_compiled", "^")):
+        for dtype, color in zip(DTYPES, ("C0", "C1", "C2")):
+            sel = sorted((r for r in rows if r.provider == provider and r.dtype == dtype and r.variant == "plain"),
+                         key=lambda r: r.mib)
+            if not sel:
+                continue
+            label = f"{provider} {dtype}"
+            ax_speed.plot([r.mib for r in sel], [r.speedup_eager for r in sel], marker=marker, color=color,
+                          label=label, alpha=0.8)
+            ax_roof.plot([r.mib for r in sel], [r.pct_clone for r in sel], marker=marker, color=color, label=label,
+                         alpha=0.8)
+    ax_speed.axhline(1.0, color="gray", lw=0.8)
+    ax_roof.axhline(100.0, color="gray", lw=0.8)
+    for ax, ylabel in ((ax_speed, "speedup over classic eager"), (ax_roof, "% of clone rate (memory roofline)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("size of x (MiB)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    ax_roof.legend(fontsize=7)
+    fig.suptitle(f"plain add, {title}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="a small sweep (under a minute on CPU)")
+    parser.add_argument("--skip-compiled", action="store_true", help="leave out the torch.compile provider")
+    parser.add_argument("--out", default=None, help="output folder (default bench/results/<device>)")
+    args = parser.parse_args()
+    if args.device == "cpu" and any(os.environ.get(k) != v for k, v in CPU_ALLOCATOR_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **CPU_ALLOCATOR_ENV})
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but no CUDA device is present")
+    if args.out is None:
+        args.out = str(Path(__file__).parent / "results" / args.device)
+    torch.manual_seed(0)
+    write_outputs(run(args), args)
+
+
+if __name__ == "__main__":
+    main()

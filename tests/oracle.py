@@ -1,0 +1,58 @@
+"""References written independently of pe_ext: a float64 oracle and the classic module as every tutorial writes it."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+BASE = 10000.0
+
+
+def oracle_pe(positions, d_model: int, base: float = BASE) -> torch.Tensor:
+    """pe(p, j) in float64: sin(p / base^(2i/d)) for j = 2i, cos(p / base^(2i/d)) for j = 2i + 1."""
+    positions = torch.as_tensor(positions, dtype=torch.float64).reshape(-1, 1)
+    pair = torch.arange(d_model, dtype=torch.float64) // 2
+    angle = positions / torch.pow(torch.tensor(base, dtype=torch.float64), 2 * pair / d_model)
+    even = torch.arange(d_model) % 2 == 0
+    return torch.where(even, torch.sin(angle), torch.cos(angle))
+
+
+def oracle_add(x: torch.Tensor, offset: int = 0, scale: float = 1.0, base: float = BASE, seq_dim: int = 1):
+    """x * scale + pe in float64, for x of shape (B, L, D) with seq_dim 1, (L, B, D) with seq_dim 0, or (L, D)."""
+    seq_len, d_model = x.shape[seq_dim if x.dim() == 3 else 0], x.shape[-1]
+    pe = oracle_pe(torch.arange(offset, offset + seq_len), d_model, base).to(x.device)
+    if x.dim() == 3:
+        pe = pe.unsqueeze(1 - seq_dim)
+    return x.double() * scale + pe
+
+
+# Half an ulp of each dtype at 1.0: the rounding of the stored result.
+OUTPUT_EPS = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+
+
+def tolerance(dtype: torch.dtype, max_position: int, magnitude: float = 1.0):
+    """(atol, rtol) for a result of `dtype` against the oracle. The classic float32 formula rounds the frequency
+    (relative error up to ~1e-7 of the angle after exp) and the angle pos * freq (half an ulp), so its error grows
+    with the position; float64 math (for float64 data) shrinks that by 2^29. Then the result is rounded to dtype."""
+    per_position = 2e-7 if dtype != torch.float64 else 4e-16
+    atol = per_position * max_position + 16 * (2.0**-24 if dtype != torch.float64 else 2.0**-53)
+    out_eps = OUTPUT_EPS[dtype]
+    return atol + 2 * out_eps * (1.0 + magnitude), 2 * out_eps
+
+
+class ClassicPositionalEncoding(nn.Module):
+    """The "Attention Is All You Need" module as the tutorials write it (batch-first buffer (1, max_len, d_model))."""
+
+    def __init__(self, d_model: int, max_len: int = 5000):
+        super().__init__()
+        position = torch.arange(0, max_len, dtype=torch.float).unsqueeze(1)
+        div_term = torch.exp(torch.arange(0, d_model, 2).float() * -(math.log(10000.0) / d_model))
+        pe = torch.zeros(max_len, d_model)
+        pe[:, 0::2] = torch.sin(position * div_term)
+        pe[:, 1::2] = torch.cos(position * div_term)
+        self.register_buffer("pe", pe.unsqueeze(0))
+
+    def forward(self, x):
+        return x + self.pe[:, : x.size(1)]

@@ -1,0 +1,65 @@
+"""Which implementation runs, the op schemas, and the pure-PyTorch fallback taken when nothing is compiled."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import FORCED_FALLBACK, requires_extension
+
+import pe_ext
+from pe_ext import _backend
+
+
+@requires_extension
+def test_extension_is_loaded():
+    """CI builds the extension; failing to load it must fail the suite, not silently test the fallback."""
+    assert pe_ext.has_extension(), _backend.LOAD_ERROR
+    assert pe_ext.backend()["cpu"] == _backend.EXTENSION_CPU
+
+
+@requires_extension
+def test_fallback_schemas_match_the_compiled_ones():
+    for name, schema in _backend.SCHEMAS.items():
+        assert str(getattr(torch.ops.pe_ext, name).default._schema) == str(torch._C.parse_schema("pe_ext::" + schema))
+
+
+def test_backend_reports_every_device():
+    info = pe_ext.backend()
+    assert set(info) == {"cpu", "cuda"}
+    if not torch.cuda.is_available():
+        assert "no CUDA device present" in info["cuda"]
+
+
+@pytest.mark.skipif(FORCED_FALLBACK, reason="already running in fallback mode")
+def test_fallback_without_extension_warns_once_and_matches_oracle():
+    script = textwrap.dedent("""
+        import sys, warnings
+        sys.path.insert(0, "tests")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import pe_ext
+            import pe_ext.ops, pe_ext.modules
+        assert sum("fallback" in str(w.message) for w in caught) == 1, [str(w.message) for w in caught]
+        import torch
+        from oracle import oracle_add, tolerance
+        assert pe_ext.backend()["cpu"] == "pure-PyTorch fallback", pe_ext.backend()
+        assert not pe_ext.has_extension()
+        x = torch.randn(2, 30, 16)
+        atol, rtol = tolerance(torch.float32, 35, 4.0)
+        torch.testing.assert_close(pe_ext.PositionalEncoding(16, 64)(x, offset=5).double(), oracle_add(x, 5),
+                                   atol=atol, rtol=rtol)
+        torch.testing.assert_close(pe_ext.add_sinusoidal_pe(x, offset=5).double(), oracle_add(x, 5), atol=atol,
+                                   rtol=rtol)
+        print("fallback ok")
+    """)
+    env = {**os.environ, "PE_EXT_FORCE_FALLBACK": "1"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "fallback ok" in result.stdout

@@ -1,0 +1,90 @@
+"""The CUDA kernels against the CPU kernel and the float64 oracle. Skipped, with the reason, without a CUDA device."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import requires_cuda
+from oracle import ClassicPositionalEncoding, oracle_add, oracle_pe, tolerance
+from test_parity import DTYPES, check, make_x
+
+import pe_ext
+
+pytestmark = [pytest.mark.cuda, requires_cuda]
+
+
+def cpu_and_cuda(x, table, offset, scale, seq_dim):
+    cpu = torch.ops.pe_ext.add_pe(x, table, offset, scale, 10000.0, seq_dim)
+    cuda = torch.ops.pe_ext.add_pe(x.cuda(), None if table is None else table.cuda(), offset, scale, 10000.0,
+                                   seq_dim)
+    assert cuda.is_cuda and cuda.dtype == x.dtype
+    return cpu, cuda.cpu()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "strided_d", "sliced_d", "misaligned", "permuted"])
+@pytest.mark.parametrize("shape,seq_dim", [((3, 50, 64), 1), ((50, 3, 64), 0), ((70, 16), 0), ((2, 9, 17), 1),
+                                           ((64, 1, 512), 1), ((1, 2048, 1000), 1)],
+                         ids=["BLD", "LBD", "LD", "odd_d", "decode", "long"])
+@pytest.mark.parametrize("mode", ["on_the_fly", "table"])
+def test_cuda_matches_cpu_and_oracle(dtype, layout, shape, seq_dim, mode):
+    x = make_x(shape, dtype, layout)
+    seq_len, d_model = x.shape[seq_dim if x.dim() == 3 else 0], x.shape[-1]
+    table = pe_ext.sinusoidal_table(seq_len + 7, d_model) if mode == "table" else None
+    cpu, cuda = cpu_and_cuda(x, table, 7, 1.5, seq_dim)
+    check(cuda, x, offset=7, scale=1.5, seq_dim=seq_dim)
+    # CPU and CUDA share the formulas; they differ only by sin/cos/fma rounding (a few float32 ulps of the angle).
+    atol, rtol = tolerance(dtype, seq_len + 7, 6.0)
+    torch.testing.assert_close(cuda.double(), cpu.double(), atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_cuda_large_positions(dtype):
+    d_model, start, length = 128, 100_000, 65_536
+    x = torch.zeros(1, length, d_model, dtype=dtype, device="cuda")
+    ours = torch.ops.pe_ext.add_pe(x, None, start, 1.0, 10000.0, 1)[0].cpu().double()
+    truth = oracle_pe(torch.arange(start, start + length), d_model)
+    classic = ClassicPositionalEncoding(d_model, max_len=start + length).pe[0, start:].double()
+    if dtype == torch.float64:
+        assert (ours - truth).abs().max() < 1e-9
+    else:
+        assert (ours - truth).abs().max() <= (classic - truth).abs().max() * 1.05 + 1e-6
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_table_builder_and_inplace(dtype):
+    table = pe_ext.sinusoidal_table(1000, 96, offset=5, dtype=dtype, device="cuda")
+    atol, rtol = tolerance(dtype, 1005)
+    torch.testing.assert_close(table.cpu().double(), oracle_pe(torch.arange(5, 1005), 96), atol=atol, rtol=rtol)
+    x = torch.randn(4, 100, 96, device="cuda").to(dtype)
+    expected = oracle_add(x.cpu(), offset=3)
+    pe_ext.add_sinusoidal_pe_(x, offset=3)
+    atol, rtol = tolerance(dtype, 103, 4.0)
+    torch.testing.assert_close(x.cpu().double(), expected, atol=atol, rtol=rtol)
+
+
+def test_module_moved_to_cuda():
+    module = pe_ext.PositionalEncoding(64, max_len=512, dropout=0.0).cuda()
+    assert module.pe.is_cuda
+    classic = ClassicPositionalEncoding(64, max_len=512).cuda()
+    module.load_state_dict(classic.state_dict())
+    x = torch.randn(8, 512, 64, device="cuda")
+    assert torch.equal(module(x), classic(x))
+    for buffer in ("non_persistent", "none"):
+        moved = pe_ext.PositionalEncoding(64, max_len=512, buffer=buffer).to("cuda").to(torch.bfloat16)
+        xb = x.to(torch.bfloat16)
+        atol, rtol = tolerance(torch.bfloat16, 512, 4.0)
+        out = moved(xb)
+        assert out.dtype == torch.bfloat16 and out.is_cuda
+        torch.testing.assert_close(out.cpu().double(), oracle_add(xb.cpu()), atol=2 * atol, rtol=rtol)
+
+
+def test_cuda_empty_inputs():
+    for shape in [(0, 5, 8), (3, 0, 8), (0, 8)]:
+        x = torch.randn(shape, device="cuda")
+        assert pe_ext.add_sinusoidal_pe(x).shape == x.shape
+
+
+def test_cuda_device_mismatch_is_refused():
+    with pytest.raises(ValueError, match="table is on"):
+        pe_ext.add_sinusoidal_pe(torch.randn(1, 4, 8, device="cuda"), pe_ext.sinusoidal_table(4, 8))

@@ -1,0 +1,131 @@
+"""The drop-in module against the classic one: values, checkpoints both ways, buffer modes, devices and dtypes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from oracle import ClassicPositionalEncoding, oracle_add, oracle_pe, tolerance
+
+import pe_ext
+
+
+def test_buffer_matches_classic_table_to_float32_rounding():
+    ours, classic = pe_ext.PositionalEncoding(512, max_len=5000), ClassicPositionalEncoding(512, max_len=5000)
+    assert ours.pe.shape == classic.pe.shape == (1, 5000, 512)
+    assert ours.pe.dtype == torch.float32 and not ours.pe.requires_grad
+    # Both round the angle pos * freq to float32: they differ by at most a few float32 ulps of the angle.
+    angle_ulp = torch.arange(5000.0).reshape(1, -1, 1) * 2.0**-23
+    assert ((ours.pe - classic.pe).abs() <= 4 * angle_ulp + 1e-6).all()
+    # ...and ours is at least as close to the float64 truth.
+    truth = oracle_pe(torch.arange(5000), 512)
+    assert (ours.pe[0].double() - truth).abs().mean() <= (classic.pe[0].double() - truth).abs().mean()
+
+
+def test_state_dict_round_trips_with_classic_module():
+    ours, classic = pe_ext.PositionalEncoding(64, max_len=100), ClassicPositionalEncoding(64, max_len=100)
+    assert list(ours.state_dict()) == list(classic.state_dict()) == ["pe"]
+    ours.load_state_dict(classic.state_dict(), strict=True)
+    x = torch.randn(3, 40, 64)
+    assert torch.equal(ours(x), classic(x))  # same table, same float32 add: bit-identical
+    fresh_classic = ClassicPositionalEncoding(64, max_len=100)
+    fresh_classic.load_state_dict(pe_ext.PositionalEncoding(64, max_len=100).state_dict(), strict=True)
+    assert torch.equal(fresh_classic.pe, pe_ext.PositionalEncoding(64, max_len=100).pe)
+
+
+@pytest.mark.parametrize("buffer", ["persistent", "non_persistent", "none"])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_forward_matches_oracle_in_every_mode(buffer, batch_first):
+    module = pe_ext.PositionalEncoding(48, max_len=300, buffer=buffer, batch_first=batch_first)
+    x = torch.randn(4, 300, 48) if batch_first else torch.randn(300, 4, 48)
+    atol, rtol = tolerance(torch.float32, 300, 4.0)
+    expected = oracle_add(x, seq_dim=1 if batch_first else 0)
+    torch.testing.assert_close(module(x).double(), expected, atol=atol, rtol=rtol)
+    torch.testing.assert_close(module(x[:, :7] if batch_first else x[:7], offset=5).double(),
+                               oracle_add(x[:, :7] if batch_first else x[:7], offset=5, seq_dim=1 if batch_first else 0),
+                               atol=atol, rtol=rtol)
+
+
+def test_buffer_modes_and_state_dict():
+    assert "pe" in pe_ext.PositionalEncoding(8, 10).state_dict()
+    non_persistent = pe_ext.PositionalEncoding(8, 10, buffer="non_persistent")
+    assert "pe" not in non_persistent.state_dict() and non_persistent.pe.shape == (1, 10, 8)
+    assert "pe" in dict(non_persistent.named_buffers())
+    without = pe_ext.PositionalEncoding(8, 10, buffer="none")
+    assert without.pe is None and "pe" not in without.state_dict()
+    # with no table there is no length limit
+    x = torch.randn(2, 50, 8)
+    atol, rtol = tolerance(torch.float32, 50, 4.0)
+    torch.testing.assert_close(without(x).double(), oracle_add(x), atol=atol, rtol=rtol)
+    # the buffer is never trained
+    assert list(pe_ext.PositionalEncoding(8, 10).parameters()) == []
+
+
+def test_longer_than_max_len_names_both_numbers():
+    module = pe_ext.PositionalEncoding(16, max_len=100)
+    with pytest.raises(ValueError, match=r"length 101.*max_len=100"):
+        module(torch.randn(1, 101, 16))
+    with pytest.raises(ValueError, match=r"offset 96.*101 positions.*max_len=100"):
+        module(torch.randn(1, 5, 16), offset=96)
+
+
+def test_two_dimensional_input():
+    module = pe_ext.PositionalEncoding(16, max_len=20)
+    x = torch.randn(20, 16)
+    atol, rtol = tolerance(torch.float32, 20, 4.0)
+    torch.testing.assert_close(module(x).double(), oracle_add(x), atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("convert", ["half", "bfloat16", "double"])
+def test_dtype_conversions_keep_working(convert):
+    module = getattr(pe_ext.PositionalEncoding(32, max_len=64), convert)()
+    dtype = {"half": torch.float16, "bfloat16": torch.bfloat16, "double": torch.float64}[convert]
+    assert module.pe.dtype == dtype
+    x = torch.randn(2, 64, 32, dtype=dtype)
+    out = module(x)
+    assert out.dtype == dtype
+    # the table holds float32 values (rounded once more to dtype by the conversion)
+    atol, rtol = tolerance(torch.float32 if dtype == torch.float64 else dtype, 64, 4.0)
+    torch.testing.assert_close(out.double(), oracle_add(x), atol=2 * atol, rtol=rtol)
+
+
+def test_float32_module_with_reduced_precision_input_keeps_its_dtype():
+    module = pe_ext.PositionalEncoding(32, max_len=64)
+    x = torch.randn(2, 64, 32, dtype=torch.bfloat16)
+    out = module(x)
+    assert out.dtype == torch.bfloat16
+    atol, rtol = tolerance(torch.bfloat16, 64, 4.0)
+    torch.testing.assert_close(out.double(), oracle_add(x), atol=atol, rtol=rtol)
+
+
+def test_scale_and_dropout():
+    d_model = 64
+    module = pe_ext.PositionalEncoding(d_model, max_len=32, dropout=0.25, scale=math.sqrt(d_model))
+    x = torch.randn(8, 32, d_model)
+    module.eval()
+    atol, rtol = tolerance(torch.float32, 32, 4.0 * 8)
+    torch.testing.assert_close(module(x).double(), oracle_add(x, scale=8.0), atol=atol, rtol=rtol)
+    module.train()
+    out = module(x)
+    dropped = (out == 0).float().mean().item()
+    assert 0.2 < dropped < 0.3
+    kept = out != 0
+    torch.testing.assert_close(out[kept].double(), (oracle_add(x, scale=8.0) / 0.75)[kept], atol=atol * 2, rtol=rtol)
+
+
+def test_invalid_construction_arguments():
+    for kwargs, pattern in [({"d_model": 0}, "d_model"), ({"d_model": 8, "max_len": -1}, "max_len"),
+                            ({"d_model": 8, "dropout": 1.0}, "dropout"), ({"d_model": 8, "dropout": -0.1}, "dropout"),
+                            ({"d_model": 8, "base": 0.0}, "base"), ({"d_model": 8, "buffer": "sometimes"}, "buffer")]:
+        with pytest.raises(ValueError, match=pattern):
+            pe_ext.PositionalEncoding(**kwargs)
+
+
+def test_reset_table_after_meta_construction():
+    with torch.device("meta"):
+        module = pe_ext.PositionalEncoding(16, max_len=40, buffer="non_persistent")
+    assert module.pe.is_meta
+    module = module.to_empty(device="cpu")
+    module.reset_table()
+    torch.testing.assert_close(module.pe[0], pe_ext.PositionalEncoding(16, max_len=40).pe[0], atol=0, rtol=0)

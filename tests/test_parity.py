@@ -1,0 +1,153 @@
+"""Every CPU-side implementation against the float64 oracle: dtypes, odd shapes, offsets, both layouts,
+non-contiguous and misaligned inputs, empty inputs, large positions, table and on-the-fly modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import requires_extension
+from impls import EXTENSION_IMPLS, FALLBACK_IMPLS
+from oracle import ClassicPositionalEncoding, oracle_add, oracle_pe, tolerance
+
+import pe_ext
+
+IMPLS = {**{k: pytest.param(v, marks=requires_extension) for k, v in EXTENSION_IMPLS.items()}, **FALLBACK_IMPLS}
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def make_x(shape, dtype, layout):
+    """x of `shape` whose memory is laid out as `layout` says."""
+    if layout == "contiguous":
+        return torch.randn(shape).to(dtype)
+    if layout == "strided_d":  # every other element of a wider row
+        return torch.randn(*shape[:-1], 2 * shape[-1]).to(dtype)[..., ::2]
+    if layout == "sliced_d":  # a prefix of wider rows: rows stay 16-byte aligned, the last chunk is a tail
+        return torch.randn(*shape[:-1], shape[-1] + 5).to(dtype)[..., : shape[-1]]
+    if layout == "misaligned":  # storage offset of one element: no 16-byte accesses possible
+        flat = torch.randn(torch.Size(shape).numel() + 1).to(dtype)
+        return flat[1:].view(shape)
+    if layout == "permuted":  # first two dimensions swapped in memory
+        return torch.randn(shape[1], shape[0], *shape[2:]).to(dtype).transpose(0, 1)
+    raise ValueError(layout)
+
+
+def check(out, x, offset=0, scale=1.0, base=10000.0, seq_dim=1, magnitude=4.0):
+    assert out.dtype == x.dtype and out.shape == x.shape
+    seq_len = x.shape[seq_dim if x.dim() == 3 else 0]
+    atol, rtol = tolerance(x.dtype, offset + seq_len, magnitude * abs(scale))
+    torch.testing.assert_close(out.double(), oracle_add(x, offset, scale, base, seq_dim), atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "strided_d", "sliced_d", "misaligned", "permuted"])
+@pytest.mark.parametrize("shape,seq_dim", [((3, 5, 24), 1), ((5, 3, 24), 0), ((7, 16), 0), ((2, 9, 17), 1)],
+                         ids=["BLD", "LBD", "LD", "odd_d"])
+def test_on_the_fly_matches_oracle(impl, dtype, layout, shape, seq_dim):
+    x = make_x(shape, dtype, layout)
+    check(impl(x, None, 3, 1.0, 10000.0, seq_dim), x, offset=3, seq_dim=seq_dim)
+
+
+@pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("table_dtype", ["float32", "same"])
+@pytest.mark.parametrize("layout", ["contiguous", "sliced_d", "misaligned"])
+def test_table_mode_adds_the_table_rows(impl, dtype, table_dtype, layout):
+    d_model, offset = 32, 11
+    table = ClassicPositionalEncoding(d_model, max_len=64).pe  # (1, 64, 32) float32, the classic buffer
+    if table_dtype == "same":
+        table = table.to(dtype)
+    x = make_x((4, 6, d_model), dtype, layout)
+    out = impl(x, table, offset, 1.0, 10000.0, 1)
+    expected = x.double() + table[:, offset : offset + 6].double()
+    if dtype in (torch.float32, torch.float64):  # one rounding of an exact sum: bit-exact
+        torch.testing.assert_close(out, expected.to(dtype), atol=0, rtol=0)
+    else:
+        torch.testing.assert_close(out.double(), expected, atol=2 * tolerance(dtype, 0, 4)[0], rtol=0)
+
+
+@pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
+@pytest.mark.parametrize("d_model", [1, 2, 3, 7, 8, 9, 33, 130])
+def test_odd_and_small_d_model(impl, d_model):
+    x = torch.randn(2, 5, d_model)
+    out = impl(x, None, 0, 1.0, 10000.0, 1)
+    check(out, x)
+    if d_model % 2 == 1:  # the last column is a sin
+        torch.testing.assert_close(out[..., -1] - x[..., -1], torch.sin(torch.arange(5.0) * oracle_freq(d_model - 1,
+                                   d_model)).float().expand(2, 5), atol=1e-6, rtol=0)
+
+
+def oracle_freq(column, d_model):
+    return 10000.0 ** (-(2 * (column // 2)) / d_model)
+
+
+@pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
+@pytest.mark.parametrize("scale", [1.0, 0.5, 22.627416997969522])
+@pytest.mark.parametrize("base", [10000.0, 500.0])
+def test_scale_and_base(impl, scale, base):
+    x = torch.randn(3, 8, 40)
+    check(impl(x, None, 5, scale, base, 1), x, offset=5, scale=scale, base=base)
+
+
+@pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
+@pytest.mark.parametrize("shape", [(0, 5, 8), (3, 0, 8), (0, 8), (2, 3, 0)])
+def test_empty_inputs(impl, shape):
+    x = torch.randn(shape)
+    out = impl(x, None, 0, 1.0, 10000.0, 1 if len(shape) == 3 else 0)
+    assert out.shape == x.shape and out.dtype == x.dtype
+
+
+@pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_large_positions_no_less_accurate_than_classic_table(impl, dtype):
+    """Positions 100,000 to 131,071: the on-the-fly values are as accurate as the classic float32 table's."""
+    d_model, start, length = 64, 100_000, 31_072
+    classic = ClassicPositionalEncoding(d_model, max_len=start + length).pe[0, start:]
+    truth = oracle_pe(torch.arange(start, start + length), d_model)
+    x = torch.zeros(1, length, d_model, dtype=dtype)
+    ours = impl(x, None, start, 1.0, 10000.0, 1)[0]
+    classic_error = (classic.double() - truth).abs()
+    our_error = (ours.double() - truth).abs()
+    if dtype == torch.float64:
+        assert our_error.max() < 1e-9  # float64 angles: no float32 rounding at all
+    else:
+        assert our_error.max() <= classic_error.max() * 1.05 + 1e-6
+        assert our_error.mean() <= classic_error.mean() * 1.05 + 1e-7
+    check(ours.unsqueeze(0), x, offset=start)
+
+
+@pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
+def test_batch_rows_share_the_position_values(impl):
+    """Many batch rows and few positions (decoding shapes): every row gets its own position's values."""
+    x = torch.randn(64, 1, 48)
+    check(impl(x, None, 1234, 1.0, 10000.0, 1), x, offset=1234)
+    x = torch.randn(3, 700, 8)  # many positions, narrow rows: several positions per block
+    check(impl(x, None, 0, 1.0, 10000.0, 1), x)
+
+
+@requires_extension
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("num_sms", [1, 132])
+def test_table_builder_matches_oracle(dtype, num_sms):
+    for build in (lambda out: torch.ops.pe_ext.fill_table_(out, 9, 10000.0),
+                  lambda out: torch.ops.pe_ext._cuda_grid_emulator(out, None, None, 9, 1.0, 10000.0, 0, num_sms)):
+        out = torch.full((300, 37), float("nan"), dtype=dtype)
+        build(out)
+        atol, rtol = tolerance(dtype, 309)
+        torch.testing.assert_close(out.double(), oracle_pe(torch.arange(9, 309), 37), atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_sinusoidal_table_api(dtype):
+    table = pe_ext.sinusoidal_table(50, 12, offset=3, dtype=dtype)
+    assert table.shape == (50, 12) and table.dtype == dtype
+    atol, rtol = tolerance(dtype, 53)
+    torch.testing.assert_close(table.double(), oracle_pe(torch.arange(3, 53), 12), atol=atol, rtol=rtol)
+
+
+def test_outputs_keep_reduced_precision_dtypes():
+    """The classic module promotes bf16 + fp32 to fp32; pe_ext keeps x's dtype."""
+    x = torch.randn(2, 4, 16, dtype=torch.bfloat16)
+    table = ClassicPositionalEncoding(16, 10).pe
+    assert pe_ext.add_sinusoidal_pe(x, table).dtype == torch.bfloat16
+    assert pe_ext.add_sinusoidal_pe(x).dtype == torch.bfloat16
