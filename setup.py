@@ -40,11 +40,13 @@ def extension():
         )
 
     sources = [CSRC / "ops.cpp", CSRC / "cpu" / "pe_cpu.cpp", CSRC / "testing" / "grid_emulator.cpp"]
-    cxx = ["-O3", "-g0"]
-    ldflags = []
+    # -fopenmp: at::parallel_for is inline OpenMP code; without it the CPU kernels run on one thread.
+    cxx = ["-O3", "-g0", "-fopenmp"]
+    ldflags = ["-fopenmp"]
     if env_flag("PE_EXT_SANITIZE"):
         sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
-        cxx = ["-O1", "-g", *sanitize]
+        # PE_EXT_SANITIZE also drops the per-ISA clones of the CPU row loops, so the baseline code path is tested.
+        cxx = ["-O1", "-g", "-fopenmp", "-DPE_EXT_SANITIZE", *sanitize]
         ldflags += sanitize
     args = {"cxx": cxx}
     kind = cpp_extension.CppExtension

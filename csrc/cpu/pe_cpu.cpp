@@ -1,14 +1,26 @@
-// CPU kernels: positions (times batch rows) split across threads; each thread computes a position's pe row once
-// (pe_math.h, or read from the table) and applies it to every batch row of that position it owns.
+// CPU kernels. Positions are cut into tiles whose pe rows (computed with pe_math.h, or read from the table) stay in
+// cache while every batch row of the tile streams through; the add itself runs in per-dtype row functions that the
+// compiler vectorizes, cloned for AVX2/FMA/F16C machines and chosen at load time.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
 #include "../pe_math.h"
 #include "../pe_ops.h"
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(PE_EXT_SANITIZE)
+#define PE_ROW_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=haswell", "default")))
+#else
+#define PE_ROW_CLONES
+#endif
 
 namespace pe_ext::cpu {
 namespace {
@@ -16,62 +28,136 @@ namespace {
 template <typename scalar_t>
 using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
-constexpr int64_t kElementsPerTask = 1 << 15;  // enough work per parallel task to pay for its start
+constexpr int64_t kTileValues = 8192;         // pe values per tile: 32 KiB of float, kept in L1/L2
+constexpr int64_t kElementsPerTask = 1 << 16;  // enough work per parallel task to pay for its start
 
-// row[:] = pe(pos, :), from the table row or computed from the per-pair frequencies.
-template <typename acc_t, typename table_t>
-void fill_row(const AddPeProblem& p, int64_t l, const std::vector<acc_t>& freqs, std::vector<acc_t>& row) {
-  const int64_t d_model = p.d_model();
-  if (p.table.defined()) {
-    const table_t* src = p.table.const_data_ptr<table_t>() + (p.offset + l) * p.table.stride(0);
-    const int64_t stride = p.table.stride(1);
-    for (int64_t j = 0; j < d_model; ++j) row[j] = static_cast<acc_t>(src[j * stride]);
-  } else {
-    pe_span<acc_t>(p.offset + l, 0, static_cast<int>(d_model), freqs.data(), row.data());
+// --- Row functions: out[j] = x[j] * scale + pe[j] for one contiguous row. Plain loops, written so that the
+// compiler vectorizes them; the bfloat16 conversions are the branch-free bit forms of c10::BFloat16's.
+
+inline float bf16_to_float(uint16_t bits) {
+  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+  float value;
+  std::memcpy(&value, &wide, sizeof(value));
+  return value;
+}
+
+inline uint16_t float_to_bf16(float value) {  // round to nearest even, NaN stays NaN
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  return value != value ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
+}
+
+PE_ROW_CLONES void add_row(const float* x, const float* pe, float scale, float* out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = x[j] * scale + pe[j];
+}
+
+PE_ROW_CLONES void add_row(const double* x, const double* pe, double scale, double* out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = x[j] * scale + pe[j];
+}
+
+PE_ROW_CLONES void add_row(const c10::BFloat16* x, const float* pe, float scale, c10::BFloat16* out, int64_t n) {
+  const auto* xb = reinterpret_cast<const uint16_t*>(x);
+  auto* ob = reinterpret_cast<uint16_t*>(out);
+  for (int64_t j = 0; j < n; ++j) ob[j] = float_to_bf16(bf16_to_float(xb[j]) * scale + pe[j]);
+}
+
+PE_ROW_CLONES void add_row(const c10::Half* x, const float* pe, float scale, c10::Half* out, int64_t n) {
+#if defined(__FLT16_MAX__)  // a native _Float16: F16C conversions in the AVX2 clone, same rounding as c10::Half
+  const auto* xh = reinterpret_cast<const _Float16*>(x);
+  auto* oh = reinterpret_cast<_Float16*>(out);
+  for (int64_t j = 0; j < n; ++j) oh[j] = static_cast<_Float16>(static_cast<float>(xh[j]) * scale + pe[j]);
+#else
+  for (int64_t j = 0; j < n; ++j) out[j] = static_cast<c10::Half>(static_cast<float>(x[j]) * scale + pe[j]);
+#endif
+}
+
+// Table rows of a reduced-precision dtype, widened to float for the tile.
+PE_ROW_CLONES void widen_row(const c10::BFloat16* src, float* dst, int64_t n) {
+  const auto* bits = reinterpret_cast<const uint16_t*>(src);
+  for (int64_t j = 0; j < n; ++j) dst[j] = bf16_to_float(bits[j]);
+}
+
+PE_ROW_CLONES void widen_row(const c10::Half* src, float* dst, int64_t n) {
+#if defined(__FLT16_MAX__)
+  const auto* halves = reinterpret_cast<const _Float16*>(src);
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<float>(halves[j]);
+#else
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<float>(src[j]);
+#endif
+}
+
+// The same for any strides (and for building a table, x == nullptr: out = pe).
+template <typename scalar_t, typename acc_t>
+void add_row_strided(const scalar_t* x, int64_t x_stride, const acc_t* pe, acc_t scale, scalar_t* out,
+                     int64_t out_stride, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t value = x == nullptr ? pe[j] : static_cast<acc_t>(x[j * x_stride]) * scale + pe[j];
+    out[j * out_stride] = static_cast<scalar_t>(value);
   }
 }
+
+// --- The kernel.
 
 template <typename scalar_t, typename table_t>
 void add_pe_typed(const AddPeProblem& p) {
   using acc_t = acc_type<scalar_t>;
   const int64_t batch = p.batch(), seq_len = p.seq_len(), d_model = p.d_model();
-  std::vector<acc_t> freqs;
-  if (!p.table.defined()) {
-    freqs.resize((d_model + 1) / 2);
-    for (int64_t i = 0; i < static_cast<int64_t>(freqs.size()); ++i) freqs[i] = pair_frequency<acc_t>(i, p.exponent);
-  }
-  const bool has_x = p.x.defined();
+  const bool has_x = p.x.defined(), has_table = p.table.defined();
   const scalar_t* x = has_x ? p.x.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* out = p.out.data_ptr<scalar_t>();
-  const int64_t xs_b = has_x ? p.x.stride(0) : 0, xs_l = has_x ? p.x.stride(1) : 0, xs_d = has_x ? p.x.stride(2) : 0;
+  const int64_t xs_b = has_x ? p.x.stride(0) : 0, xs_l = has_x ? p.x.stride(1) : 0, xs_d = has_x ? p.x.stride(2) : 1;
   const int64_t os_b = p.out.stride(0), os_l = p.out.stride(1), os_d = p.out.stride(2);
-  const bool unit_stride = os_d == 1 && (!has_x || xs_d == 1);
+  const bool contiguous_rows = has_x && xs_d == 1 && os_d == 1;
   const acc_t scale = static_cast<acc_t>(p.scale);
 
-  // Work item i is (position l = i / batch, batch row b = i % batch): a task recomputes pe only when l changes.
-  const int64_t grain = std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(1, d_model));
-  at::parallel_for(0, seq_len * batch, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> row(d_model);
-    int64_t row_l = -1;
+  // Table rows already in acc_t and contiguous are used in place; anything else is converted or computed per tile.
+  const table_t* table = has_table ? p.table.const_data_ptr<table_t>() : nullptr;
+  const int64_t ts_l = has_table ? p.table.stride(0) : 0, ts_d = has_table ? p.table.stride(1) : 0;
+  const bool table_in_place = has_table && std::is_same_v<table_t, acc_t> && (ts_d == 1 || d_model <= 1);
+  std::vector<acc_t> freqs;
+  if (!has_table) {
+    freqs.resize((d_model + 1) / 2);
+    for (size_t i = 0; i < freqs.size(); ++i) freqs[i] = pair_frequency<acc_t>(static_cast<int64_t>(i), p.exponent);
+  }
+
+  const int64_t tile_len = std::max<int64_t>(1, kTileValues / std::max<int64_t>(1, d_model));
+  const int64_t tiles = (seq_len + tile_len - 1) / tile_len;
+  // Work item i = (tile i / batch, batch row i % batch): a task computes a tile's pe rows once for all its rows.
+  const int64_t grain = std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(1, tile_len * d_model));
+  at::parallel_for(0, tiles * batch, grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> tile_values(table_in_place ? 0 : tile_len * d_model);
+    int64_t filled_tile = -1;
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t l = i / batch, b = i % batch;
-      if (l != row_l) {
-        fill_row<acc_t, table_t>(p, l, freqs, row);
-        row_l = l;
-      }
-      scalar_t* dst = out + b * os_b + l * os_l;
-      if (!has_x) {
-        for (int64_t j = 0; j < d_model; ++j) dst[j * os_d] = static_cast<scalar_t>(row[j]);
-        continue;
-      }
-      const scalar_t* src = x + b * xs_b + l * xs_l;
-      if (unit_stride) {  // the common case, written so the compiler vectorizes it
-        for (int64_t j = 0; j < d_model; ++j) {
-          dst[j] = static_cast<scalar_t>(static_cast<acc_t>(src[j]) * scale + row[j]);
+      const int64_t tile = i / batch, b = i % batch;
+      const int64_t l_begin = tile * tile_len, l_end = std::min(seq_len, l_begin + tile_len);
+      if (!table_in_place && tile != filled_tile) {
+        for (int64_t l = l_begin; l < l_end; ++l) {
+          acc_t* row = tile_values.data() + (l - l_begin) * d_model;
+          if (has_table) {
+            const table_t* src = table + (p.offset + l) * ts_l;
+            if constexpr (std::is_same_v<table_t, c10::BFloat16> || std::is_same_v<table_t, c10::Half>) {
+              if (ts_d == 1) {
+                widen_row(src, row, d_model);
+                continue;
+              }
+            }
+            for (int64_t j = 0; j < d_model; ++j) row[j] = static_cast<acc_t>(src[j * ts_d]);
+          } else {
+            pe_span<acc_t>(p.offset + l, 0, static_cast<int>(d_model), freqs.data(), row);
+          }
         }
-      } else {
-        for (int64_t j = 0; j < d_model; ++j) {
-          dst[j * os_d] = static_cast<scalar_t>(static_cast<acc_t>(src[j * xs_d]) * scale + row[j]);
+        filled_tile = tile;
+      }
+      for (int64_t l = l_begin; l < l_end; ++l) {
+        const acc_t* pe = table_in_place ? reinterpret_cast<const acc_t*>(table) + (p.offset + l) * ts_l
+                                         : tile_values.data() + (l - l_begin) * d_model;
+        scalar_t* dst = out + b * os_b + l * os_l;
+        const scalar_t* src = has_x ? x + b * xs_b + l * xs_l : nullptr;
+        if (contiguous_rows) {
+          add_row(src, pe, scale, dst, d_model);
+        } else {
+          add_row_strided(src, xs_d, pe, scale, dst, os_d, d_model);
         }
       }
     }
