@@ -73,7 +73,8 @@ class PositionalEncoding(nn.Module):
                 )
         out = ops.add_sinusoidal_pe(x, self.pe, offset=offset, scale=self.scale, base=self.base,
                                     batch_first=self.batch_first)
-        return self.dropout(out)
+        # nn.Dropout costs a call even when it does nothing; decoding steps are dominated by such overheads.
+        return self.dropout(out) if self.training and self.dropout.p > 0 else out
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, max_len={self.max_len}, buffer={self.buffer_mode!r}, "
