@@ -57,27 +57,15 @@ PE_HOST_DEVICE void sin_cos(double angle, double* s, double* c) {
 #endif
 }
 
-// pe(pos, col) for columns [col0, col0 + width) into values[0, width). freqs[k] holds freq((col0 + k) / 2) for
-// the pairs the span touches, starting at pair col0 / 2. Each (pos, pair) costs one sin_cos.
+// pe(pos, :) for a whole row of d_model columns, with freqs[i] = pair_frequency(i): one sin_cos per pair.
 template <typename acc_t>
-PE_HOST_DEVICE void pe_span(int64_t pos, int64_t col0, int width, const acc_t* freqs, acc_t* values) {
-  int k = 0;
-  while (k < width) {
-    const int64_t col = col0 + k;
+PE_HOST_DEVICE void pe_row(int64_t pos, int64_t d_model, const acc_t* freqs, acc_t* values) {
+  for (int64_t i = 0; 2 * i < d_model; ++i) {
     acc_t s, c;
-    sin_cos(pe_angle<acc_t>(pos, freqs[col / 2 - col0 / 2]), &s, &c);
-    if (col % 2 == 0) {
-      values[k++] = s;
-      if (k < width) values[k++] = c;
-    } else {
-      values[k++] = c;
-    }
+    sin_cos(pe_angle<acc_t>(pos, freqs[i]), &s, &c);
+    values[2 * i] = s;
+    if (2 * i + 1 < d_model) values[2 * i + 1] = c;
   }
-}
-
-// Number of (sin, cos) pairs that columns [col0, col0 + width) touch.
-PE_HOST_DEVICE int pairs_in_span(int64_t col0, int width) {
-  return width == 0 ? 0 : static_cast<int>((col0 + width - 1) / 2 - col0 / 2 + 1);
 }
 
 }  // namespace pe_ext

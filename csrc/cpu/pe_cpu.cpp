@@ -144,7 +144,7 @@ void add_pe_typed(const AddPeProblem& p) {
             }
             for (int64_t j = 0; j < d_model; ++j) row[j] = static_cast<acc_t>(src[j * ts_d]);
           } else {
-            pe_span<acc_t>(p.offset + l, 0, static_cast<int>(d_model), freqs.data(), row);
+            pe_row<acc_t>(p.offset + l, d_model, freqs.data(), row);
           }
         }
         filled_tile = tile;

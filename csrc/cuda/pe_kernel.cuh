@@ -95,64 +95,71 @@ inline LaunchConfig make_launch_config(int64_t batch, int64_t seq_len, int64_t d
   return c;
 }
 
+// pe at columns [col0, col0 + W) of position pos. W > 1 only for chunks that start on an even column, so the
+// span holds whole (sin, cos) pairs; W == 1 picks sin or cos by the column's parity. Fixed bounds keep every
+// array of the thread in registers.
+template <int W, typename acc_t>
+PE_HOST_DEVICE void pe_values(int64_t pos, int64_t col0, const acc_t (&freqs)[(W + 1) / 2], acc_t (&pe)[W]) {
+  if constexpr (W == 1) {
+    acc_t s, c;
+    sin_cos(pe_angle<acc_t>(pos, freqs[0]), &s, &c);
+    pe[0] = col0 % 2 == 0 ? s : c;
+  } else {
+#pragma unroll
+    for (int m = 0; m < W / 2; ++m) sin_cos(pe_angle<acc_t>(pos, freqs[m]), &pe[2 * m], &pe[2 * m + 1]);
+  }
+}
+
+// The columns [col0, col0 + W) of every position this thread visits, for batch rows [batch_begin, batch_end).
+// W > 1 moves 16 bytes per access (the host checked alignment and unit column strides); W == 1 goes element-wise.
+template <int W, typename scalar_t, typename table_t>
+PE_HOST_DEVICE void add_pe_span(const AddPeArgs<scalar_t, table_t>& a, int64_t col0, int64_t first_l, int64_t l_step,
+                                int64_t batch_begin, int64_t batch_end) {
+  using acc_t = acc_type<scalar_t>;
+  acc_t freqs[(W + 1) / 2];
+  if (a.table == nullptr) {
+#pragma unroll
+    for (int m = 0; m < (W + 1) / 2; ++m) freqs[m] = pair_frequency<acc_t>(col0 / 2 + m, a.exponent);
+  }
+  for (int64_t l = first_l; l < a.seq_len; l += l_step) {
+    acc_t pe[W];
+    if (a.table == nullptr) {
+      pe_values<W>(a.offset + l, col0, freqs, pe);
+    } else {
+      table_t loaded[W];
+      load_span<W>(a.table + (a.offset + l) * a.table_stride_l + col0 * a.table_stride_d, loaded);
+#pragma unroll
+      for (int k = 0; k < W; ++k) pe[k] = static_cast<acc_t>(loaded[k]);
+    }
+    for (int64_t b = batch_begin; b < batch_end; ++b) {
+      scalar_t values[W];
+      if (a.x != nullptr) {
+        load_span<W>(a.x + b * a.x_stride_b + l * a.x_stride_l + col0 * a.x_stride_d, values);
+#pragma unroll
+        for (int k = 0; k < W; ++k) values[k] = static_cast<scalar_t>(static_cast<acc_t>(values[k]) * a.scale + pe[k]);
+      } else {
+#pragma unroll
+        for (int k = 0; k < W; ++k) values[k] = static_cast<scalar_t>(pe[k]);
+      }
+      store_span<W>(a.out + b * a.out_stride_b + l * a.out_stride_l + col0 * a.out_stride_d, values);
+    }
+  }
+}
+
 // Everything thread (thread_x, thread_y) of block (block_x, block_y) does. VEC is the config's vec.
 template <int VEC, typename scalar_t, typename table_t>
 PE_HOST_DEVICE void add_pe_thread(const AddPeArgs<scalar_t, table_t>& a, const LaunchConfig& cfg, int64_t block_x,
                                   int64_t block_y, int thread_x, int thread_y) {
-  using acc_t = acc_type<scalar_t>;
-  constexpr int kPairs = VEC / 2 + 1;  // pairs a VEC-wide span can touch
   const int64_t batch_begin = block_y * cfg.batch_per_block;
   const int64_t batch_end = min64(a.batch, batch_begin + cfg.batch_per_block);
   const int64_t first_l = block_x * cfg.threads_y + thread_y;
   const int64_t l_step = cfg.blocks_x * cfg.threads_y;
-
   for (int64_t chunk = thread_x; chunk < cfg.chunks; chunk += cfg.threads_x) {
     const int64_t col0 = chunk * VEC;
-    const int width = static_cast<int>(min64(VEC, a.d_model - col0));
-    const bool full = width == VEC;  // a full chunk takes the vector path; a row's tail goes element by element
-
-    acc_t freqs[kPairs];
-    if (a.table == nullptr) {
-      for (int k = 0; k < pairs_in_span(col0, width); ++k) freqs[k] = pair_frequency<acc_t>(col0 / 2 + k, a.exponent);
-    }
-
-    for (int64_t l = first_l; l < a.seq_len; l += l_step) {
-      acc_t pe[VEC];
-      if (a.table == nullptr) {
-        pe_span<acc_t>(a.offset + l, col0, width, freqs, pe);
-      } else {
-        const table_t* row = a.table + (a.offset + l) * a.table_stride_l + col0 * a.table_stride_d;
-        table_t loaded[VEC];
-        if (full) {
-          load_span<VEC>(row, loaded);
-        } else {
-          for (int k = 0; k < width; ++k) loaded[k] = row[k * a.table_stride_d];
-        }
-        for (int k = 0; k < width; ++k) pe[k] = static_cast<acc_t>(loaded[k]);
-      }
-
-      for (int64_t b = batch_begin; b < batch_end; ++b) {
-        scalar_t* out = a.out + b * a.out_stride_b + l * a.out_stride_l + col0 * a.out_stride_d;
-        scalar_t values[VEC];
-        if (a.x != nullptr) {
-          const scalar_t* x = a.x + b * a.x_stride_b + l * a.x_stride_l + col0 * a.x_stride_d;
-          if (full) {
-            load_span<VEC>(x, values);
-          } else {
-            for (int k = 0; k < width; ++k) values[k] = x[k * a.x_stride_d];
-          }
-          for (int k = 0; k < width; ++k) {
-            values[k] = static_cast<scalar_t>(static_cast<acc_t>(values[k]) * a.scale + pe[k]);
-          }
-        } else {
-          for (int k = 0; k < width; ++k) values[k] = static_cast<scalar_t>(pe[k]);
-        }
-        if (full) {
-          store_span<VEC>(out, values);
-        } else {
-          for (int k = 0; k < width; ++k) out[k * a.out_stride_d] = values[k];
-        }
-      }
+    if (col0 + VEC <= a.d_model) {
+      add_pe_span<VEC>(a, col0, first_l, l_step, batch_begin, batch_end);
+    } else {  // the row's tail, narrower than a vector: element by element
+      for (int64_t col = col0; col < a.d_model; ++col) add_pe_span<1>(a, col, first_l, l_step, batch_begin, batch_end);
     }
   }
 }
