@@ -39,7 +39,8 @@ def extension():
             "(install a CUDA build of torch and set CUDA_HOME, e.g. /usr/local/cuda)"
         )
 
-    sources = [CSRC / "ops.cpp", CSRC / "cpu" / "pe_cpu.cpp", CSRC / "testing" / "grid_emulator.cpp"]
+    sources = [CSRC / "ops.cpp", CSRC / "autograd.cpp", CSRC / "cpu" / "pe_cpu.cpp",
+               CSRC / "testing" / "grid_emulator.cpp"]
     # -fopenmp: at::parallel_for is inline OpenMP code; without it the CPU kernels run on one thread.
     cxx = ["-O3", "-g0", "-fopenmp"]
     ldflags = ["-fopenmp"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _backend  # noqa: F401  (registers torch.ops.pe_ext.*)
+from . import _backend  # registers torch.ops.pe_ext.*
 
 DEFAULT_BASE = 10000.0
 
@@ -79,6 +79,7 @@ def _fill_table_fake(out, offset=0, base=DEFAULT_BASE):
     return None
 
 
+# The fallback's autograd formulas; the compiled extension registers the same ones in C++ (csrc/autograd.cpp).
 def _add_pe_setup_context(ctx, inputs, output):
     x, table, offset, scale, _base, seq_dim = inputs
     ctx.scale = scale
@@ -100,4 +101,5 @@ def _add_pe_backward(ctx, grad):
     return grad_x, grad_table, None, None, None, None
 
 
-torch.library.register_autograd("pe_ext::add_pe", _add_pe_backward, setup_context=_add_pe_setup_context)
+if not _backend.has_extension():
+    torch.library.register_autograd("pe_ext::add_pe", _add_pe_backward, setup_context=_add_pe_setup_context)
