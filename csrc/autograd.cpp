@@ -5,6 +5,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "pe_ops.h"
+
 namespace pe_ext {
 namespace {
 
@@ -12,18 +14,20 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 at::Tensor add_pe_below_autograd(const at::Tensor& x, const std::optional<at::Tensor>& table, int64_t offset,
-                                 double scale, double base, int64_t seq_dim) {
+                                 double scale, int64_t seq_dim, PE_ENCODING_PARAMS) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("pe_ext::add_pe", "")
                              .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, int64_t, double,
-                                               double, int64_t)>();
-  return op.call(x, table, offset, scale, base, seq_dim);
+                                               int64_t, double, c10::string_view, c10::string_view, double, double,
+                                               bool)>();
+  return op.call(x, table, offset, scale, seq_dim, base, layout, frequencies, min_timescale, max_timescale,
+                 precise_angle);
 }
 
 class AddPe : public torch::autograd::Function<AddPe> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const std::optional<at::Tensor>& table,
-                            int64_t offset, double scale, double base, int64_t seq_dim) {
+                            int64_t offset, double scale, int64_t seq_dim, PE_ENCODING_PARAMS) {
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["offset"] = offset;
     // The batch dimension of a 3-D x, or -1 for a 2-D x (no batch to sum over).
@@ -33,7 +37,8 @@ class AddPe : public torch::autograd::Function<AddPe> {
       ctx->saved_data["table_dtype"] = table->scalar_type();
     }
     at::AutoDispatchBelowADInplaceOrView guard;
-    return add_pe_below_autograd(x, table, offset, scale, base, seq_dim);
+    return add_pe_below_autograd(x, table, offset, scale, seq_dim, base, layout, frequencies, min_timescale,
+                                 max_timescale, precise_angle);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -49,13 +54,17 @@ class AddPe : public torch::autograd::Function<AddPe> {
       at::Tensor rows = grad_table.dim() == 3 ? grad_table.select(0, 0) : grad_table;
       rows.narrow(0, ctx->saved_data["offset"].toInt(), per_position.size(0)).copy_(per_position);
     }
-    return {grad_x, grad_table, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    variable_list result(11);  // one per argument of add_pe; only x and table are differentiable
+    result[0] = grad_x;
+    result[1] = grad_table;
+    return result;
   }
 };
 
 at::Tensor add_pe_autograd(const at::Tensor& x, const std::optional<at::Tensor>& table, int64_t offset, double scale,
-                           double base, int64_t seq_dim) {
-  return AddPe::apply(x, table, offset, scale, base, seq_dim);
+                           int64_t seq_dim, PE_ENCODING_PARAMS) {
+  return AddPe::apply(x, table, offset, scale, seq_dim, base, layout, frequencies, min_timescale, max_timescale,
+                      precise_angle);
 }
 
 }  // namespace

@@ -18,8 +18,22 @@ bool is_supported_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
-void check_base(double base) {
-  TORCH_CHECK_VALUE(std::isfinite(base) && base > 0, "pe_ext: base must be a positive finite number, got ", base);
+PeSpec make_spec(const EncodingArgs& e, int64_t d_model) {
+  TORCH_CHECK_VALUE(e.layout == "interleaved" || e.layout == "concatenated",
+                    "pe_ext: layout must be 'interleaved' or 'concatenated', got '", e.layout, "'");
+  const Layout layout = e.layout == "interleaved" ? Layout::kInterleaved : Layout::kConcatenated;
+  if (e.frequencies == "paper") {
+    TORCH_CHECK_VALUE(std::isfinite(e.base) && e.base > 0, "pe_ext: base must be a positive finite number, got ",
+                      e.base);
+    return paper_spec(d_model, e.base, layout, e.precise_angle);
+  }
+  TORCH_CHECK_VALUE(e.frequencies == "timescales", "pe_ext: frequencies must be 'paper' or 'timescales', got '",
+                    e.frequencies, "'");
+  TORCH_CHECK_VALUE(std::isfinite(e.min_timescale) && std::isfinite(e.max_timescale) && e.min_timescale > 0 &&
+                        e.max_timescale >= e.min_timescale,
+                    "pe_ext: timescales need finite 0 < min_timescale <= max_timescale, got min_timescale=",
+                    e.min_timescale, ", max_timescale=", e.max_timescale);
+  return timescale_spec(d_model, e.min_timescale, e.max_timescale, layout, e.precise_angle);
 }
 
 void check_positions(int64_t offset, int64_t seq_len) {
@@ -55,7 +69,7 @@ at::Tensor checked_table(const at::Tensor& table, const at::Tensor& x, int64_t d
 }  // namespace
 
 AddPeProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset,
-                            double scale, double base, int64_t seq_dim, const at::Tensor& out) {
+                            double scale, int64_t seq_dim, const EncodingArgs& encoding, const at::Tensor& out) {
   TORCH_CHECK_VALUE(x.dim() == 2 || x.dim() == 3,
                     "pe_ext: x must be 2-D (seq_len, d_model) or 3-D (batch, seq_len, d_model) or "
                     "(seq_len, batch, d_model), got a ", x.dim(), "-D tensor of shape ", x.sizes());
@@ -66,7 +80,7 @@ AddPeProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>
                     "pe_ext: seq_dim must index a dimension of x other than the last (d_model); got ", seq_dim,
                     " for a ", x.dim(), "-D x");
   TORCH_CHECK_VALUE(std::isfinite(scale), "pe_ext: scale must be finite, got ", scale);
-  check_base(base);
+  const PeSpec spec = make_spec(encoding, x.size(-1));
   TORCH_CHECK_VALUE(out.sizes() == x.sizes(), "pe_ext: out must have x's shape ", x.sizes(), ", got ", out.sizes());
   TORCH_CHECK_TYPE(out.scalar_type() == x.scalar_type(), "pe_ext: out must have x's dtype (", x.scalar_type(),
                    "), got ", out.scalar_type());
@@ -86,7 +100,7 @@ AddPeProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>
   p.out = batch_first(out);
   p.offset = offset;
   p.scale = scale;
-  p.exponent = frequency_exponent(base, p.d_model());
+  p.spec = spec;
   check_positions(offset, p.seq_len());
   if (table.has_value() && table->defined()) {
     p.table = checked_table(*table, x, p.d_model(), offset + p.seq_len());
@@ -95,38 +109,47 @@ AddPeProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>
   return p;
 }
 
-AddPeProblem prepare_fill_table(const at::Tensor& out, int64_t offset, double base) {
+AddPeProblem prepare_fill_table(const at::Tensor& out, int64_t offset, const EncodingArgs& encoding) {
   TORCH_CHECK_VALUE(out.dim() == 2, "pe_ext: out must be 2-D (num_positions, d_model), got shape ", out.sizes());
   TORCH_CHECK_TYPE(is_supported_dtype(out.scalar_type()),
                    "pe_ext: out must be float32, float64, float16 or bfloat16, got ", out.scalar_type());
-  check_base(base);
+  const PeSpec spec = make_spec(encoding, out.size(1));
   check_positions(offset, out.size(0));
   check_no_internal_overlap(out, "out");
   AddPeProblem p;
   p.out = out.unsqueeze(0);
   p.offset = offset;
-  p.exponent = frequency_exponent(base, out.size(1));
+  p.spec = spec;
   return p;
 }
 
 }  // namespace pe_ext
 
 // The schemas, declared once. Backends register kernels with TORCH_LIBRARY_IMPL beside their code.
+// The keyword arguments every op ends with choose the encoding:
+//   base             frequencies = "paper": freq(i) = base^(-2i / d_model)
+//   min/max_timescale  frequencies = "timescales" (tensor2tensor, fairseq): periods from min to max, geometrically
+//   layout           "interleaved" (sin, cos, sin, cos, ...) or "concatenated" (all sin, then all cos)
+//   precise_angle    form and reduce the angle in double before the float32 sin/cos (accurate at any position)
+#define PE_ENCODING_SCHEMA                                                                                    \
+  "float base=10000.0, str layout=\"interleaved\", str frequencies=\"paper\", float min_timescale=1.0, " \
+  "float max_timescale=10000.0, bool precise_angle=False"
+
 TORCH_LIBRARY(pe_ext, m) {
   // out = x * scale + pe(offset + l) along dimension seq_dim of x; pe read from table when given, else computed.
-  m.def("add_pe(Tensor x, Tensor? table=None, int offset=0, float scale=1.0, float base=10000.0, "
-        "int seq_dim=1) -> Tensor");
+  m.def("add_pe(Tensor x, Tensor? table=None, int offset=0, float scale=1.0, int seq_dim=1, *, " PE_ENCODING_SCHEMA
+        ") -> Tensor");
   // The same, written into x.
-  m.def("add_pe_(Tensor(a!) x, Tensor? table=None, int offset=0, float scale=1.0, float base=10000.0, "
-        "int seq_dim=1) -> ()");
+  m.def("add_pe_(Tensor(a!) x, Tensor? table=None, int offset=0, float scale=1.0, int seq_dim=1, *, "
+        PE_ENCODING_SCHEMA ") -> ()");
   // The same, written into a preallocated out of x's shape and dtype that does not overlap x.
-  m.def("add_pe_out(Tensor x, Tensor? table, int offset, float scale, float base, int seq_dim, "
-        "Tensor(a!) out) -> ()");
+  m.def("add_pe_out(Tensor x, Tensor? table, int offset, float scale, int seq_dim, Tensor(a!) out, *, "
+        PE_ENCODING_SCHEMA ") -> ()");
   // out[p, :] = pe(offset + p, :): the table, built where out lives.
-  m.def("fill_table_(Tensor(a!) out, int offset=0, float base=10000.0) -> ()");
+  m.def("fill_table_(Tensor(a!) out, int offset=0, *, " PE_ENCODING_SCHEMA ") -> ()");
   // Test only: runs the CUDA kernel's per-thread body over the CUDA launch grid, on the CPU.
-  m.def("_cuda_grid_emulator(Tensor(a!) out, Tensor? x, Tensor? table, int offset, float scale, float base, "
-        "int seq_dim, int num_sms) -> ()");
+  m.def("_cuda_grid_emulator(Tensor(a!) out, Tensor? x, Tensor? table, int offset, float scale, int seq_dim, "
+        "int num_sms, *, " PE_ENCODING_SCHEMA ") -> ()");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -1,11 +1,18 @@
 // The sinusoidal positional encoding, written once. Every kernel (CPU, CUDA and the CUDA grid emulator) computes
 // its values with these functions, so the CPU tests exercise the very formulas the GPU runs.
 //
-//   pe(pos, 2i)   = sin(pos * freq(i))
-//   pe(pos, 2i+1) = cos(pos * freq(i)),   freq(i) = exp(2i * -(log(base) / d_model))
+//   freq(i) = freq_scale * exp(i * freq_step), i < num_freqs
+//     paper ("Attention Is All You Need"):  freq_step = -2 log(base) / d_model,                   freq_scale = 1
+//     timescales (tensor2tensor, fairseq):  freq_step = -log(max_ts / min_ts) / max(d_model/2 - 1, 1),
+//                                           freq_scale = 1 / min_ts
+//   interleaved layout:   pe(pos, 2i) = sin(pos * freq(i)),  pe(pos, 2i + 1) = cos(pos * freq(i))
+//   concatenated layout:  pe(pos, i)  = sin(pos * freq(i)),  pe(pos, n + i)  = cos(pos * freq(i)),  n = d_model / 2,
+//                         and an odd d_model's last column is 0 (as fairseq and tensor2tensor pad it)
 //
-// float32 data (and float16/bfloat16, which compute in float32) get the classic float32 angle pos * freq and float32
-// sin/cos, so on-the-fly values match the classic table to float32 rounding; float64 data get float64 throughout.
+// Frequencies are computed in double and rounded once. float32 data (and float16/bfloat16, which compute in float32)
+// get the classic float32 angle pos * freq and float32 sin/cos, so on-the-fly values match the classic table to
+// float32 rounding; with precise_angle the angle is formed and reduced modulo 2*pi in double first. float64 data get
+// float64 throughout.
 #pragma once
 
 #include <cmath>
@@ -19,23 +26,41 @@
 
 namespace pe_ext {
 
-// The exponent factor -(log(base) / d_model). The classic module computes it in double (Python floats).
-inline double frequency_exponent(double base, int64_t d_model) {
-  return -(std::log(base) / static_cast<double>(d_model));
+enum class Layout : int32_t { kInterleaved = 0, kConcatenated = 1 };
+
+// Everything that defines the encoding's values, filled once by the host code.
+struct PeSpec {
+  int64_t d_model = 0;
+  int64_t num_freqs = 0;  // interleaved: ceil(d_model / 2); concatenated: d_model / 2
+  double freq_step = 0.0;
+  double freq_scale = 1.0;
+  Layout layout = Layout::kInterleaved;
+  bool precise_angle = false;
+};
+
+inline PeSpec paper_spec(int64_t d_model, double base, Layout layout, bool precise_angle) {
+  PeSpec s;
+  s.d_model = d_model;
+  s.layout = layout;
+  s.num_freqs = layout == Layout::kInterleaved ? (d_model + 1) / 2 : d_model / 2;
+  // -(log(base) / d_model) is the factor the classic module computes in double; 2i times it is i times twice it.
+  s.freq_step = d_model > 0 ? 2.0 * -(std::log(base) / static_cast<double>(d_model)) : 0.0;
+  s.precise_angle = precise_angle;
+  return s;
 }
 
-// freq(pair), correctly rounded to acc_t: computed in double and rounded once, identical on CPU and GPU. The classic
-// module rounds 2i * exponent to float32 before its float32 exp, which puts up to ~1e-6 relative error into some
-// frequencies; these are at least as accurate, and differ from the classic table by less than its own float32 error.
-template <typename acc_t>
-PE_HOST_DEVICE acc_t pair_frequency(int64_t pair, double exponent) {
-  return static_cast<acc_t>(::exp(static_cast<double>(2 * pair) * exponent));
+inline PeSpec timescale_spec(int64_t d_model, double min_timescale, double max_timescale, Layout layout,
+                             bool precise_angle) {
+  PeSpec s = paper_spec(d_model, 1.0, layout, precise_angle);
+  // d_model / 2 - 1 would divide by zero for d_model < 4; tensor2tensor's max(., 1) defines that corner.
+  const double steps = static_cast<double>(d_model / 2 - 1 > 1 ? d_model / 2 - 1 : 1);
+  s.freq_step = -std::log(max_timescale / min_timescale) / steps;
+  s.freq_scale = 1.0 / min_timescale;
+  return s;
 }
 
-// The angle pos * freq, rounded in acc_t as the classic float32 product `position * div_term` is.
-template <typename acc_t>
-PE_HOST_DEVICE acc_t pe_angle(int64_t pos, acc_t freq) {
-  return static_cast<acc_t>(pos) * freq;
+PE_HOST_DEVICE double frequency(const PeSpec& s, int64_t i) {
+  return s.freq_scale * ::exp(static_cast<double>(i) * s.freq_step);
 }
 
 // Accurate sin and cos (no fast-math intrinsics: the angle reaches 1e5 and beyond, where __sinf is useless).
@@ -57,15 +82,52 @@ PE_HOST_DEVICE void sin_cos(double angle, double* s, double* c) {
 #endif
 }
 
-// pe(pos, :) for a whole row of d_model columns, with freqs[i] = pair_frequency(i): one sin_cos per pair.
+// sin and cos of pos * freq. The default angle is rounded in acc_t as the classic float32 product
+// `position * div_term` is, which loses ~1e-2 by position 300k. precise_angle forms the product in double and
+// subtracts the nearest multiple of 2*pi (split in two parts, so the product k * 2pi is exact to ~1e-16 relative)
+// before rounding to acc_t, keeping the error under 1e-6 far beyond 16M positions.
 template <typename acc_t>
-PE_HOST_DEVICE void pe_row(int64_t pos, int64_t d_model, const acc_t* freqs, acc_t* values) {
-  for (int64_t i = 0; 2 * i < d_model; ++i) {
-    acc_t s, c;
-    sin_cos(pe_angle<acc_t>(pos, freqs[i]), &s, &c);
-    values[2 * i] = s;
-    if (2 * i + 1 < d_model) values[2 * i + 1] = c;
+PE_HOST_DEVICE void pe_sin_cos(const PeSpec& s, int64_t pos, double freq, acc_t* sin_out, acc_t* cos_out) {
+  if constexpr (sizeof(acc_t) < sizeof(double)) {  // float64 math needs no help
+    if (s.precise_angle) {
+      constexpr double kTwoPi = 6.283185307179586;           // 2*pi rounded to double
+      constexpr double kTwoPiTail = 2.4492935982947064e-16;  // 2*pi - kTwoPi
+      constexpr double kInvTwoPi = 0.15915494309189535;
+      const double angle = static_cast<double>(pos) * freq;
+      const double turns = ::rint(angle * kInvTwoPi);
+      const double reduced = ::fma(-turns, kTwoPiTail, ::fma(-turns, kTwoPi, angle));
+      sin_cos(static_cast<acc_t>(reduced), sin_out, cos_out);
+      return;
+    }
   }
+  sin_cos(static_cast<acc_t>(pos) * static_cast<acc_t>(freq), sin_out, cos_out);
+}
+
+// Which frequency column `col` uses, and whether it is its sin, its cos, or (an odd concatenated row's tail) zero.
+enum class Wave : int32_t { kSin, kCos, kZero };
+
+PE_HOST_DEVICE Wave column_wave(const PeSpec& s, int64_t col, int64_t* freq_index) {
+  if (s.layout == Layout::kInterleaved) {
+    *freq_index = col / 2;
+    return col % 2 == 0 ? Wave::kSin : Wave::kCos;
+  }
+  *freq_index = col < s.num_freqs ? col : col - s.num_freqs;
+  if (col >= 2 * s.num_freqs) return Wave::kZero;
+  return col < s.num_freqs ? Wave::kSin : Wave::kCos;
+}
+
+// pe(pos, :) for a whole row, with freqs[i] = frequency(s, i): one pe_sin_cos per frequency.
+template <typename acc_t>
+PE_HOST_DEVICE void pe_row(const PeSpec& s, int64_t pos, const double* freqs, acc_t* values) {
+  const bool interleaved = s.layout == Layout::kInterleaved;
+  for (int64_t i = 0; i < s.num_freqs; ++i) {
+    acc_t sn, cs;
+    pe_sin_cos<acc_t>(s, pos, freqs[i], &sn, &cs);
+    const int64_t sin_col = interleaved ? 2 * i : i, cos_col = interleaved ? 2 * i + 1 : s.num_freqs + i;
+    values[sin_col] = sn;
+    if (cos_col < s.d_model) values[cos_col] = cs;
+  }
+  if (!interleaved && s.d_model % 2 == 1) values[s.d_model - 1] = acc_t(0);  // an odd concatenated row's padding
 }
 
 }  // namespace pe_ext

@@ -13,14 +13,16 @@ from . import reference
 
 # The op schemas as csrc/ops.cpp declares them; the fallback defines these when no compiled library is loaded, and a
 # test checks that they match the compiled ones.
+_ENCODING = ('float base=10000.0, str layout="interleaved", str frequencies="paper", float min_timescale=1.0, '
+             'float max_timescale=10000.0, bool precise_angle=False')
 SCHEMAS = {
-    "add_pe": "add_pe(Tensor x, Tensor? table=None, int offset=0, float scale=1.0, float base=10000.0, "
-    "int seq_dim=1) -> Tensor",
-    "add_pe_": "add_pe_(Tensor(a!) x, Tensor? table=None, int offset=0, float scale=1.0, float base=10000.0, "
-    "int seq_dim=1) -> ()",
-    "add_pe_out": "add_pe_out(Tensor x, Tensor? table, int offset, float scale, float base, int seq_dim, "
-    "Tensor(a!) out) -> ()",
-    "fill_table_": "fill_table_(Tensor(a!) out, int offset=0, float base=10000.0) -> ()",
+    "add_pe": f"add_pe(Tensor x, Tensor? table=None, int offset=0, float scale=1.0, int seq_dim=1, *, {_ENCODING}) "
+    "-> Tensor",
+    "add_pe_": f"add_pe_(Tensor(a!) x, Tensor? table=None, int offset=0, float scale=1.0, int seq_dim=1, *, "
+    f"{_ENCODING}) -> ()",
+    "add_pe_out": f"add_pe_out(Tensor x, Tensor? table, int offset, float scale, int seq_dim, Tensor(a!) out, *, "
+    f"{_ENCODING}) -> ()",
+    "fill_table_": f"fill_table_(Tensor(a!) out, int offset=0, *, {_ENCODING}) -> ()",
 }
 _REFERENCE_KERNELS = {
     "add_pe": reference.add_pe,

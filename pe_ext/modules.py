@@ -28,13 +28,15 @@ class PositionalEncoding(nn.Module):
         scale: factor on x (e.g. math.sqrt(d_model)).
         base: the frequency base, 10000 in the paper.
         device: where the table is built.
+        encoding: the other encoding keywords of pe_ext.ops (layout, frequencies, min_timescale, max_timescale,
+            precise_angle).
     """
 
     pe: Tensor | None
 
     def __init__(self, d_model: int, max_len: int = 5000, dropout: float = 0.0, *, buffer: BufferMode = "persistent",
                  batch_first: bool = True, scale: float = 1.0, base: float = ops.DEFAULT_BASE,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, **encoding) -> None:
         super().__init__()
         if d_model <= 0:
             raise ValueError(f"pe_ext: d_model must be > 0, got {d_model}")
@@ -42,18 +44,18 @@ class PositionalEncoding(nn.Module):
             raise ValueError(f"pe_ext: max_len must be >= 0, got {max_len}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"pe_ext: dropout must be in [0, 1), got {dropout}")
-        if not base > 0:
-            raise ValueError(f"pe_ext: base must be > 0, got {base}")
         if buffer not in _BUFFER_MODES:
             raise ValueError(f"pe_ext: buffer must be one of {_BUFFER_MODES}, got {buffer!r}")
         self.d_model, self.max_len, self.buffer_mode = d_model, max_len, buffer
-        self.batch_first, self.scale, self.base = batch_first, scale, base
+        self.batch_first, self.scale = batch_first, scale
+        self.encoding = {"base": base, **encoding}
+        ops.sinusoidal_table(0, d_model, **self.encoding)  # checks the encoding now, also with buffer="none"
         self.dropout = nn.Dropout(dropout)
         table = None if buffer == "none" else self._build_table(device, torch.float32)
         self.register_buffer("pe", table, persistent=buffer == "persistent")
 
     def _build_table(self, device, dtype: torch.dtype) -> Tensor:
-        return ops.sinusoidal_table(self.max_len, self.d_model, base=self.base, dtype=dtype, device=device).unsqueeze(0)
+        return ops.sinusoidal_table(self.max_len, self.d_model, dtype=dtype, device=device, **self.encoding).unsqueeze(0)
 
     @torch.no_grad()
     def reset_table(self) -> None:
@@ -71,11 +73,12 @@ class PositionalEncoding(nn.Module):
                     f"pe_ext: sequence of length {seq_len} at offset {offset} needs {offset + seq_len} positions, "
                     f"more than max_len={self.max_len}; build the module with a larger max_len or buffer='none'"
                 )
-        out = ops.add_sinusoidal_pe(x, self.pe, offset=offset, scale=self.scale, base=self.base,
-                                    batch_first=self.batch_first)
+        out = ops.add_sinusoidal_pe(x, self.pe, offset=offset, scale=self.scale, batch_first=self.batch_first,
+                                    **self.encoding)
         # nn.Dropout costs a call even when it does nothing; decoding steps are dominated by such overheads.
         return self.dropout(out) if self.training and self.dropout.p > 0 else out
 
     def extra_repr(self) -> str:
+        encoding = ", ".join(f"{k}={v!r}" for k, v in self.encoding.items())
         return (f"d_model={self.d_model}, max_len={self.max_len}, buffer={self.buffer_mode!r}, "
-                f"batch_first={self.batch_first}, scale={self.scale}, base={self.base}")
+                f"batch_first={self.batch_first}, scale={self.scale}, {encoding}")

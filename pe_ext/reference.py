@@ -19,26 +19,46 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def frequencies(d_model: int, base: float, dtype: torch.dtype, device=None) -> Tensor:
-    """freq(i) = exp(2i * -(log(base) / d_model)) for the ceil(d_model / 2) pairs, computed in float64 and rounded
-    once to `dtype` (as csrc/pe_math.h does)."""
-    exponent = -(math.log(base) / d_model) if d_model > 0 else 0.0  # no pairs when d_model == 0
-    return torch.exp(torch.arange(0, d_model, 2, dtype=torch.float64, device=device) * exponent).to(dtype)
+def _frequency_params(d_model: int, base: float, layout: str, frequencies: str, min_timescale: float,
+                      max_timescale: float) -> tuple[int, float, float]:
+    """(num_freqs, freq_step, freq_scale) with freq(i) = freq_scale * exp(i * freq_step), as csrc/pe_math.h."""
+    if layout not in ("interleaved", "concatenated"):
+        raise ValueError(f"pe_ext: layout must be 'interleaved' or 'concatenated', got '{layout}'")
+    num_freqs = (d_model + 1) // 2 if layout == "interleaved" else d_model // 2
+    if frequencies == "paper":
+        if not (math.isfinite(base) and base > 0):
+            raise ValueError(f"pe_ext: base must be a positive finite number, got {base}")
+        return num_freqs, (2.0 * -(math.log(base) / d_model) if d_model > 0 else 0.0), 1.0
+    if frequencies != "timescales":
+        raise ValueError(f"pe_ext: frequencies must be 'paper' or 'timescales', got '{frequencies}'")
+    if not (math.isfinite(min_timescale) and math.isfinite(max_timescale) and 0 < min_timescale <= max_timescale):
+        raise ValueError("pe_ext: timescales need finite 0 < min_timescale <= max_timescale, got "
+                         f"min_timescale={min_timescale}, max_timescale={max_timescale}")
+    steps = max(d_model // 2 - 1, 1)  # tensor2tensor's max(., 1): no division by zero for d_model < 4
+    return num_freqs, -math.log(max_timescale / min_timescale) / steps, 1.0 / min_timescale
 
 
-def pe_rows(positions: Tensor, d_model: int, base: float, dtype: torch.dtype) -> Tensor:
-    """pe(p, :) for each integer position p: sin on even columns, cos on odd ones, computed in `dtype`."""
-    freqs = frequencies(d_model, base, dtype, positions.device)
-    angle = positions.to(dtype)[:, None] * freqs[None, :]
-    rows = torch.empty(positions.numel(), d_model, dtype=dtype, device=positions.device)
-    rows[:, 0::2] = torch.sin(angle)
-    rows[:, 1::2] = torch.cos(angle[:, : d_model // 2])
+def pe_rows(positions: Tensor, d_model: int, dtype: torch.dtype, *, base: float = 10000.0,
+            layout: str = "interleaved", frequencies: str = "paper", min_timescale: float = 1.0,
+            max_timescale: float = 10000.0, precise_angle: bool = False) -> Tensor:
+    """pe(p, :) for each integer position p, computed in `dtype` (see csrc/pe_math.h for the conventions)."""
+    num_freqs, step, scale = _frequency_params(d_model, base, layout, frequencies, min_timescale, max_timescale)
+    freqs = scale * torch.exp(torch.arange(num_freqs, dtype=torch.float64, device=positions.device) * step)
+    if precise_angle and dtype != torch.float64:
+        angle = positions.double()[:, None] * freqs[None, :]
+        turns = torch.round(angle / (2 * math.pi))  # round half to even, as rint
+        angle = ((angle - turns * 6.283185307179586) - turns * 2.4492935982947064e-16).to(dtype)
+    else:
+        angle = positions.to(dtype)[:, None] * freqs.to(dtype)[None, :]
+    sin, cos = torch.sin(angle), torch.cos(angle)
+    rows = torch.zeros(positions.numel(), d_model, dtype=dtype, device=positions.device)
+    if layout == "interleaved":
+        rows[:, 0::2] = sin
+        rows[:, 1::2] = cos[:, : d_model // 2]
+    else:  # an odd d_model's last column stays 0
+        rows[:, :num_freqs] = sin
+        rows[:, num_freqs : 2 * num_freqs] = cos
     return rows
-
-
-def _check_base(base: float) -> None:
-    if not (math.isfinite(base) and base > 0):
-        raise ValueError(f"pe_ext: base must be a positive finite number, got {base}")
 
 
 def _check_positions(offset: int, seq_len: int) -> None:
@@ -113,39 +133,45 @@ def _checked_table(table: Tensor, x: Tensor, d_model: int, last_position: int) -
     return rows
 
 
-def _add_pe_values(x: Tensor, table: Tensor | None, offset: int, scale: float, base: float, seq_dim: int) -> Tensor:
+def _add_pe_values(x: Tensor, table: Tensor | None, offset: int, scale: float, seq_dim: int, encoding: dict) -> Tensor:
     dim = _checked_seq_dim(x, seq_dim)
     if not math.isfinite(scale):
         raise ValueError(f"pe_ext: scale must be finite, got {scale}")
-    _check_base(base)
     seq_len, d_model = x.shape[dim], x.shape[-1]
+    _check_encoding(d_model, encoding)
     _check_positions(offset, seq_len)
     acc = acc_dtype(x.dtype)
     if table is not None:
         rows = _checked_table(table, x, d_model, offset + seq_len)[offset : offset + seq_len].to(acc)
     else:
-        rows = pe_rows(torch.arange(offset, offset + seq_len, device=x.device), d_model, base, acc)
+        rows = pe_rows(torch.arange(offset, offset + seq_len, device=x.device), d_model, acc, **encoding)
     if x.dim() == 3:
         rows = rows.unsqueeze(1 - dim)  # broadcast over the batch dimension
     return (x.to(acc) * scale + rows).to(x.dtype)
 
 
-def add_pe(x: Tensor, table: Tensor | None = None, offset: int = 0, scale: float = 1.0, base: float = 10000.0,
-           seq_dim: int = 1) -> Tensor:
+def _check_encoding(d_model: int, encoding: dict) -> None:
+    _frequency_params(d_model, *(encoding[k] for k in ("base", "layout", "frequencies", "min_timescale",
+                                                       "max_timescale")))
+
+
+# The ops, with the schemas' signatures (pe_ext/_backend.py). The encoding keywords are those of pe_rows.
+def add_pe(x: Tensor, table: Tensor | None = None, offset: int = 0, scale: float = 1.0, seq_dim: int = 1,
+           **encoding) -> Tensor:
     """out = x * scale + pe(offset + l) along dimension seq_dim of x."""
-    return _add_pe_values(x, table, offset, scale, base, seq_dim)
+    return _add_pe_values(x, table, offset, scale, seq_dim, _encoding(**encoding))
 
 
-def add_pe_(x: Tensor, table: Tensor | None = None, offset: int = 0, scale: float = 1.0, base: float = 10000.0,
-            seq_dim: int = 1) -> None:
+def add_pe_(x: Tensor, table: Tensor | None = None, offset: int = 0, scale: float = 1.0, seq_dim: int = 1,
+            **encoding) -> None:
     """add_pe written into x."""
     _checked_seq_dim(x, seq_dim)
     _check_no_internal_overlap(x, "x")
-    x.copy_(_add_pe_values(x, table, offset, scale, base, seq_dim))
+    x.copy_(_add_pe_values(x, table, offset, scale, seq_dim, _encoding(**encoding)))
 
 
-def add_pe_out(x: Tensor, table: Tensor | None, offset: int, scale: float, base: float, seq_dim: int,
-               out: Tensor) -> None:
+def add_pe_out(x: Tensor, table: Tensor | None, offset: int, scale: float, seq_dim: int, out: Tensor,
+               **encoding) -> None:
     """add_pe written into out, which has x's shape, dtype and device and does not overlap x."""
     if out.shape != x.shape:
         raise ValueError(f"pe_ext: out must have x's shape {list(x.shape)}, got {list(out.shape)}")
@@ -156,16 +182,24 @@ def add_pe_out(x: Tensor, table: Tensor | None, offset: int, scale: float, base:
     _check_no_internal_overlap(out, "out")
     if out.numel() > 0 and _share_memory(out, x):
         raise ValueError("pe_ext: out must not overlap x; use add_pe_ to write into x")
-    out.copy_(_add_pe_values(x, table, offset, scale, base, seq_dim))
+    out.copy_(_add_pe_values(x, table, offset, scale, seq_dim, _encoding(**encoding)))
 
 
-def fill_table_(out: Tensor, offset: int = 0, base: float = 10000.0) -> None:
+def fill_table_(out: Tensor, offset: int = 0, **encoding) -> None:
     """out[p, :] = pe(offset + p, :)."""
+    encoding = _encoding(**encoding)
     if out.dim() != 2:
         raise ValueError(f"pe_ext: out must be 2-D (num_positions, d_model), got shape {list(out.shape)}")
     _check_dtype(out, "out")
-    _check_base(base)
+    _check_encoding(out.shape[1], encoding)
     _check_positions(offset, out.shape[0])
     _check_no_internal_overlap(out, "out")
     positions = torch.arange(offset, offset + out.shape[0], device=out.device)
-    out.copy_(pe_rows(positions, out.shape[1], base, acc_dtype(out.dtype)))
+    out.copy_(pe_rows(positions, out.shape[1], acc_dtype(out.dtype), **encoding))
+
+
+def _encoding(base: float = 10000.0, layout: str = "interleaved", frequencies: str = "paper",
+              min_timescale: float = 1.0, max_timescale: float = 10000.0, precise_angle: bool = False) -> dict:
+    """The encoding keywords with their defaults filled in."""
+    return dict(base=base, layout=layout, frequencies=frequencies, min_timescale=min_timescale,
+                max_timescale=max_timescale, precise_angle=precise_angle)

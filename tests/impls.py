@@ -1,4 +1,5 @@
-"""The implementations under test, each called as f(x, table, offset, scale, base, seq_dim) -> out."""
+"""The implementations under test, each called as f(x, table, offset, scale, base, seq_dim, **encoding) -> out, where
+encoding holds the ops' other encoding keywords (layout, frequencies, min/max_timescale, precise_angle)."""
 
 from __future__ import annotations
 
@@ -7,26 +8,26 @@ import torch
 import pe_ext.reference
 
 
-def _compiled(x, table, offset, scale, base, seq_dim):
-    return torch.ops.pe_ext.add_pe(x, table, offset, scale, base, seq_dim)
+def _compiled(x, table, offset, scale, base, seq_dim, **encoding):
+    return torch.ops.pe_ext.add_pe(x, table, offset, scale, seq_dim, base=base, **encoding)
 
 
-def _compiled_inplace(x, table, offset, scale, base, seq_dim):
+def _compiled_inplace(x, table, offset, scale, base, seq_dim, **encoding):
     out = x.clone()
-    torch.ops.pe_ext.add_pe_(out, table, offset, scale, base, seq_dim)
+    torch.ops.pe_ext.add_pe_(out, table, offset, scale, seq_dim, base=base, **encoding)
     return out
 
 
-def _compiled_out(x, table, offset, scale, base, seq_dim):
+def _compiled_out(x, table, offset, scale, base, seq_dim, **encoding):
     out = torch.full_like(x, float("nan"), memory_format=torch.contiguous_format)
-    torch.ops.pe_ext.add_pe_out(x, table, offset, scale, base, seq_dim, out)
+    torch.ops.pe_ext.add_pe_out(x, table, offset, scale, seq_dim, out, base=base, **encoding)
     return out
 
 
 def _grid_emulator(num_sms: int):
-    def run(x, table, offset, scale, base, seq_dim):
+    def run(x, table, offset, scale, base, seq_dim, **encoding):
         out = torch.full_like(x, float("nan"))  # anything the grid fails to cover stays NaN
-        torch.ops.pe_ext._cuda_grid_emulator(out, x, table, offset, scale, base, seq_dim, num_sms)
+        torch.ops.pe_ext._cuda_grid_emulator(out, x, table, offset, scale, seq_dim, num_sms, base=base, **encoding)
         return out
 
     return run
@@ -41,4 +42,8 @@ EXTENSION_IMPLS = {
     "grid_1sm": _grid_emulator(1),
     "grid_132sm": _grid_emulator(132),
 }
-FALLBACK_IMPLS = {"reference": pe_ext.reference.add_pe}
+def _reference(x, table, offset, scale, base, seq_dim, **encoding):
+    return pe_ext.reference.add_pe(x, table, offset, scale, seq_dim, base=base, **encoding)
+
+
+FALLBACK_IMPLS = {"reference": _reference}

@@ -19,6 +19,43 @@ def oracle_pe(positions, d_model: int, base: float = BASE) -> torch.Tensor:
     return torch.where(even, torch.sin(angle), torch.cos(angle))
 
 
+def oracle_encoding(positions, d_model: int, *, base: float = BASE, layout: str = "interleaved",
+                    frequencies: str = "paper", min_timescale: float = 1.0, max_timescale: float = 10000.0,
+                    precise_angle: bool = False) -> torch.Tensor:
+    """Every convention pe_ext offers, in float64 (precise_angle changes only pe_ext's rounding, not the truth).
+
+    paper: period of pair i is base^(2i/d). timescales (tensor2tensor, fairseq): d//2 periods spaced geometrically
+    from min_timescale to max_timescale. interleaved: sin/cos alternate; concatenated: all sin, then all cos, and an
+    odd d ends with a zero column.
+    """
+    positions = torch.as_tensor(positions, dtype=torch.float64).reshape(-1, 1)
+    if frequencies == "paper":
+        count = (d_model + 1) // 2 if layout == "interleaved" else d_model // 2
+        periods = torch.tensor(base, dtype=torch.float64) ** (2 * torch.arange(count, dtype=torch.float64) / d_model)
+    else:
+        count = (d_model + 1) // 2 if layout == "interleaved" else d_model // 2
+        spacing = max(d_model // 2 - 1, 1)
+        periods = min_timescale * (max_timescale / min_timescale) ** (torch.arange(count, dtype=torch.float64)
+                                                                      / spacing)
+    angle = positions / periods
+    if layout == "interleaved":
+        return torch.stack([torch.sin(angle), torch.cos(angle)], dim=-1).reshape(len(positions), -1)[:, :d_model]
+    rows = torch.cat([torch.sin(angle), torch.cos(angle)], dim=1)
+    return torch.cat([rows, torch.zeros(len(positions), d_model - rows.shape[1], dtype=torch.float64)], dim=1)
+
+
+def fairseq_sinusoidal_embedding(num_embeddings: int, embedding_dim: int) -> torch.Tensor:
+    """fairseq's SinusoidalPositionalEmbedding.get_embedding (no padding_idx), as fairseq writes it (float32)."""
+    half_dim = embedding_dim // 2
+    emb = math.log(10000) / (half_dim - 1)
+    emb = torch.exp(torch.arange(half_dim, dtype=torch.float) * -emb)
+    emb = torch.arange(num_embeddings, dtype=torch.float).unsqueeze(1) * emb.unsqueeze(0)
+    emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1).view(num_embeddings, -1)
+    if embedding_dim % 2 == 1:
+        emb = torch.cat([emb, torch.zeros(num_embeddings, 1)], dim=1)
+    return emb
+
+
 def oracle_add(x: torch.Tensor, offset: int = 0, scale: float = 1.0, base: float = BASE, seq_dim: int = 1):
     """x * scale + pe in float64, for x of shape (B, L, D) with seq_dim 1, (L, B, D) with seq_dim 0, or (L, D)."""
     seq_len, d_model = x.shape[seq_dim if x.dim() == 3 else 0], x.shape[-1]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import requires_cuda
-from oracle import ClassicPositionalEncoding, oracle_add, oracle_pe, tolerance
+from oracle import ClassicPositionalEncoding, oracle_add, oracle_encoding, oracle_pe, tolerance
+from test_conventions import ENCODINGS
 from test_parity import DTYPES, check, make_x
 
 import pe_ext
@@ -14,9 +15,8 @@ pytestmark = [pytest.mark.cuda, requires_cuda]
 
 
 def cpu_and_cuda(x, table, offset, scale, seq_dim):
-    cpu = torch.ops.pe_ext.add_pe(x, table, offset, scale, 10000.0, seq_dim)
-    cuda = torch.ops.pe_ext.add_pe(x.cuda(), None if table is None else table.cuda(), offset, scale, 10000.0,
-                                   seq_dim)
+    cpu = torch.ops.pe_ext.add_pe(x, table, offset, scale, seq_dim)
+    cuda = torch.ops.pe_ext.add_pe(x.cuda(), None if table is None else table.cuda(), offset, scale, seq_dim)
     assert cuda.is_cuda and cuda.dtype == x.dtype
     return cpu, cuda.cpu()
 
@@ -42,7 +42,7 @@ def test_cuda_matches_cpu_and_oracle(dtype, layout, shape, seq_dim, mode):
 def test_cuda_large_positions(dtype):
     d_model, start, length = 128, 100_000, 65_536
     x = torch.zeros(1, length, d_model, dtype=dtype, device="cuda")
-    ours = torch.ops.pe_ext.add_pe(x, None, start, 1.0, 10000.0, 1)[0].cpu().double()
+    ours = torch.ops.pe_ext.add_pe(x, None, start, 1.0, 1)[0].cpu().double()
     truth = oracle_pe(torch.arange(start, start + length), d_model)
     classic = ClassicPositionalEncoding(d_model, max_len=start + length).pe[0, start:].double()
     if dtype == torch.float64:
@@ -88,3 +88,23 @@ def test_cuda_empty_inputs():
 def test_cuda_device_mismatch_is_refused():
     with pytest.raises(ValueError, match="table is on"):
         pe_ext.add_sinusoidal_pe(torch.randn(1, 4, 8, device="cuda"), pe_ext.sinusoidal_table(4, 8))
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS.values(), ids=ENCODINGS.keys())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("d_model", [7, 36, 64, 1024])
+def test_cuda_conventions_match_cpu_and_oracle(encoding, dtype, d_model):
+    x = torch.randn(4, 300, d_model).to(dtype)
+    cpu = pe_ext.add_sinusoidal_pe(x, offset=11, **encoding)
+    cuda = pe_ext.add_sinusoidal_pe(x.cuda(), offset=11, **encoding).cpu()
+    atol, rtol = tolerance(dtype, 311, 4.0)
+    expected = x.double() + oracle_encoding(torch.arange(11, 311), d_model, **encoding)
+    torch.testing.assert_close(cuda.double(), expected, atol=atol, rtol=rtol)
+    torch.testing.assert_close(cuda.double(), cpu.double(), atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("start", [300_000, 16_000_000])
+def test_cuda_precise_angle(start):
+    x = torch.zeros(2, 1024, 256, device="cuda")
+    out = pe_ext.add_sinusoidal_pe(x, offset=start, precise_angle=True)[0].cpu().double()
+    assert (out - oracle_encoding(torch.arange(start, start + 1024), 256)).abs().max() < 1e-6

@@ -129,8 +129,8 @@ def test_batch_rows_share_the_position_values(impl):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("num_sms", [1, 132])
 def test_table_builder_matches_oracle(dtype, num_sms):
-    for build in (lambda out: torch.ops.pe_ext.fill_table_(out, 9, 10000.0),
-                  lambda out: torch.ops.pe_ext._cuda_grid_emulator(out, None, None, 9, 1.0, 10000.0, 0, num_sms)):
+    for build in (lambda out: torch.ops.pe_ext.fill_table_(out, 9),
+                  lambda out: torch.ops.pe_ext._cuda_grid_emulator(out, None, None, 9, 1.0, 0, num_sms)):
         out = torch.full((300, 37), float("nan"), dtype=dtype)
         build(out)
         atol, rtol = tolerance(dtype, 309)

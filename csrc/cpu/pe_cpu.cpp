@@ -115,10 +115,10 @@ void add_pe_typed(const AddPeProblem& p) {
   const table_t* table = has_table ? p.table.const_data_ptr<table_t>() : nullptr;
   const int64_t ts_l = has_table ? p.table.stride(0) : 0, ts_d = has_table ? p.table.stride(1) : 0;
   const bool table_in_place = has_table && std::is_same_v<table_t, acc_t> && (ts_d == 1 || d_model <= 1);
-  std::vector<acc_t> freqs;
+  std::vector<double> freqs;
   if (!has_table) {
-    freqs.resize((d_model + 1) / 2);
-    for (size_t i = 0; i < freqs.size(); ++i) freqs[i] = pair_frequency<acc_t>(static_cast<int64_t>(i), p.exponent);
+    freqs.resize(p.spec.num_freqs);
+    for (size_t i = 0; i < freqs.size(); ++i) freqs[i] = frequency(p.spec, static_cast<int64_t>(i));
   }
 
   const int64_t tile_len = std::max<int64_t>(1, kTileValues / std::max<int64_t>(1, d_model));
@@ -144,7 +144,7 @@ void add_pe_typed(const AddPeProblem& p) {
             }
             for (int64_t j = 0; j < d_model; ++j) row[j] = static_cast<acc_t>(src[j * ts_d]);
           } else {
-            pe_row<acc_t>(p.offset + l, d_model, freqs.data(), row);
+            pe_row<acc_t>(p.spec, p.offset + l, freqs.data(), row);
           }
         }
         filled_tile = tile;

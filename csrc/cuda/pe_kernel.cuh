@@ -58,9 +58,9 @@ struct AddPeArgs {
   int64_t x_stride_b, x_stride_l, x_stride_d;
   int64_t out_stride_b, out_stride_l, out_stride_d;
   int64_t table_stride_l, table_stride_d;
-  int64_t batch, seq_len, d_model, offset;
+  int64_t batch, seq_len, offset;
   acc_t scale;
-  double exponent;  // frequency_exponent(base, d_model)
+  PeSpec spec;  // d_model and the encoding
 };
 
 // How the grid covers (batch, seq_len, d_model). A thread owns a chunk of `vec` columns, computes its frequencies
@@ -95,18 +95,22 @@ inline LaunchConfig make_launch_config(int64_t batch, int64_t seq_len, int64_t d
   return c;
 }
 
-// pe at columns [col0, col0 + W) of position pos. W > 1 only for chunks that start on an even column, so the
-// span holds whole (sin, cos) pairs; W == 1 picks sin or cos by the column's parity. Fixed bounds keep every
-// array of the thread in registers.
+// pe at columns [col0, col0 + W) of position pos, from the span's frequencies. W > 1 only where the host made sure
+// a span never crosses a layout boundary: interleaved spans start on an even column (whole sin/cos pairs, one
+// sin_cos each), concatenated spans lie inside the sin or the cos block (one frequency per column). Fixed bounds keep
+// every array of the thread in registers.
 template <int W, typename acc_t>
-PE_HOST_DEVICE void pe_values(int64_t pos, int64_t col0, const acc_t (&freqs)[(W + 1) / 2], acc_t (&pe)[W]) {
-  if constexpr (W == 1) {
-    acc_t s, c;
-    sin_cos(pe_angle<acc_t>(pos, freqs[0]), &s, &c);
-    pe[0] = col0 % 2 == 0 ? s : c;
-  } else {
+PE_HOST_DEVICE void pe_values(const PeSpec& s, int64_t pos, Wave wave, const double (&freqs)[W], acc_t (&pe)[W]) {
+  if (W > 1 && s.layout == Layout::kInterleaved) {
 #pragma unroll
-    for (int m = 0; m < W / 2; ++m) sin_cos(pe_angle<acc_t>(pos, freqs[m]), &pe[2 * m], &pe[2 * m + 1]);
+    for (int m = 0; m < W / 2; ++m) pe_sin_cos<acc_t>(s, pos, freqs[m], &pe[2 * m], &pe[2 * m + 1]);
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < W; ++k) {
+    acc_t sn = acc_t(0), cs = acc_t(0);
+    if (wave != Wave::kZero) pe_sin_cos<acc_t>(s, pos, freqs[k], &sn, &cs);
+    pe[k] = wave == Wave::kCos ? cs : sn;
   }
 }
 
@@ -116,15 +120,18 @@ template <int W, typename scalar_t, typename table_t>
 PE_HOST_DEVICE void add_pe_span(const AddPeArgs<scalar_t, table_t>& a, int64_t col0, int64_t first_l, int64_t l_step,
                                 int64_t batch_begin, int64_t batch_end) {
   using acc_t = acc_type<scalar_t>;
-  acc_t freqs[(W + 1) / 2];
+  int64_t first_freq;
+  const Wave wave = column_wave(a.spec, col0, &first_freq);
+  double freqs[W];
   if (a.table == nullptr) {
+    const int count = W > 1 && a.spec.layout == Layout::kInterleaved ? W / 2 : W;
 #pragma unroll
-    for (int m = 0; m < (W + 1) / 2; ++m) freqs[m] = pair_frequency<acc_t>(col0 / 2 + m, a.exponent);
+    for (int m = 0; m < W; ++m) freqs[m] = m < count ? frequency(a.spec, first_freq + m) : 0.0;
   }
   for (int64_t l = first_l; l < a.seq_len; l += l_step) {
     acc_t pe[W];
     if (a.table == nullptr) {
-      pe_values<W>(a.offset + l, col0, freqs, pe);
+      pe_values<W>(a.spec, a.offset + l, wave, freqs, pe);
     } else {
       table_t loaded[W];
       load_span<W>(a.table + (a.offset + l) * a.table_stride_l + col0 * a.table_stride_d, loaded);
@@ -156,10 +163,12 @@ PE_HOST_DEVICE void add_pe_thread(const AddPeArgs<scalar_t, table_t>& a, const L
   const int64_t l_step = cfg.blocks_x * cfg.threads_y;
   for (int64_t chunk = thread_x; chunk < cfg.chunks; chunk += cfg.threads_x) {
     const int64_t col0 = chunk * VEC;
-    if (col0 + VEC <= a.d_model) {
+    if (col0 + VEC <= a.spec.d_model) {
       add_pe_span<VEC>(a, col0, first_l, l_step, batch_begin, batch_end);
     } else {  // the row's tail, narrower than a vector: element by element
-      for (int64_t col = col0; col < a.d_model; ++col) add_pe_span<1>(a, col, first_l, l_step, batch_begin, batch_end);
+      for (int64_t col = col0; col < a.spec.d_model; ++col) {
+        add_pe_span<1>(a, col, first_l, l_step, batch_begin, batch_end);
+      }
     }
   }
 }

@@ -52,10 +52,9 @@ AddPeArgs<scalar_t, table_t> make_args(const AddPeProblem& p) {
   }
   a.batch = p.batch();
   a.seq_len = p.seq_len();
-  a.d_model = p.d_model();
   a.offset = p.offset;
   a.scale = static_cast<acc_type<scalar_t>>(p.scale);
-  a.exponent = p.exponent;
+  a.spec = p.spec;
   return a;
 }
 
@@ -66,7 +65,9 @@ void dispatch_add_pe(const AddPeProblem& p, int num_sms, Launch&& launch) {
     auto run = [&](auto table_tag) {
       using table_t = typename decltype(table_tag)::type;
       constexpr int kVec = kMaxVec<scalar_t>;
-      const bool vectorizable = rows_allow_vec<scalar_t>(p.out, kVec) &&
+      // A concatenated span must not cross the sin/cos boundary: chunks of kVec columns align with it.
+      const bool layout_allows_vec = p.spec.layout == Layout::kInterleaved || p.spec.num_freqs % kVec == 0;
+      const bool vectorizable = layout_allows_vec && rows_allow_vec<scalar_t>(p.out, kVec) &&
                                 (!p.x.defined() || rows_allow_vec<scalar_t>(p.x, kVec)) &&
                                 (!p.table.defined() || rows_allow_vec<table_t>(p.table, kVec));
       const auto args = make_args<scalar_t, table_t>(p);
