@@ -1,9 +1,13 @@
 // Autograd for add_pe in C++, so that a call pays no Python autograd layer (decoding steps are overhead-bound).
-// The pure-PyTorch fallback registers the same formulas from Python (pe_ext/ops.py).
-//   d out / d x     = scale
-//   d out / d table = 1 at rows offset .. offset + seq_len, summed over the batch
+// The pure-PyTorch fallback registers the same formulas from Python (pe_ext/ops.py). With out = x * scale +
+// alpha * pe(position):
+//   d/dx     = scale
+//   d/dtable = alpha at each used row (position != padding_idx), summed over the elements that use it
+//   d/dalpha = sum(grad * pe(position)), pe recomputed by the forward op itself
 #include <torch/autograd.h>
 #include <torch/library.h>
+
+#include <string>
 
 #include "pe_ops.h"
 
@@ -13,58 +17,97 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-at::Tensor add_pe_below_autograd(const at::Tensor& x, const std::optional<at::Tensor>& table, int64_t offset,
-                                 double scale, int64_t seq_dim, PE_ENCODING_PARAMS) {
+constexpr size_t kNumArguments = 14;  // of add_pe's schema
+constexpr size_t kTableArgument = 1, kAlphaArgument = 13;
+
+at::Tensor call_add_pe(const at::Tensor& x, const std::optional<at::Tensor>& table, int64_t offset, double scale,
+                       int64_t seq_dim, PE_KEYWORD_PARAMS) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("pe_ext::add_pe", "")
                              .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, int64_t, double,
                                                int64_t, double, c10::string_view, c10::string_view, double, double,
-                                               bool)>();
+                                               bool, const std::optional<at::Tensor>&, int64_t,
+                                               const std::optional<at::Tensor>&)>();
   return op.call(x, table, offset, scale, seq_dim, base, layout, frequencies, min_timescale, max_timescale,
-                 precise_angle);
+                 precise_angle, positions, padding_idx, alpha);
 }
 
 class AddPe : public torch::autograd::Function<AddPe> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const std::optional<at::Tensor>& table,
-                            int64_t offset, double scale, int64_t seq_dim, PE_ENCODING_PARAMS) {
-    ctx->saved_data["scale"] = scale;
-    ctx->saved_data["offset"] = offset;
-    // The batch dimension of a 3-D x, or -1 for a 2-D x (no batch to sum over).
-    ctx->saved_data["batch_dim"] = x.dim() == 3 ? 1 - (seq_dim < 0 ? seq_dim + 3 : seq_dim) : int64_t{-1};
-    if (table.has_value() && table->defined()) {
-      ctx->saved_data["table_sizes"] = table->sizes().vec();
-      ctx->saved_data["table_dtype"] = table->scalar_type();
-    }
+                            int64_t offset, double scale, int64_t seq_dim, PE_KEYWORD_PARAMS) {
+    auto& saved = ctx->saved_data;
+    saved["scale"] = scale;
+    saved["offset"] = offset;
+    saved["seq_dim"] = seq_dim;
+    saved["padding_idx"] = padding_idx;
+    saved["base"] = base;
+    saved["layout"] = std::string(layout);
+    saved["frequencies"] = std::string(frequencies);
+    saved["min_timescale"] = min_timescale;
+    saved["max_timescale"] = max_timescale;
+    saved["precise_angle"] = precise_angle;
+    if (positions.has_value() && positions->defined()) saved["positions"] = *positions;
+    if (table.has_value() && table->defined()) saved["table"] = table->detach();
+    if (alpha.has_value() && alpha->defined()) saved["alpha"] = alpha->detach();
     at::AutoDispatchBelowADInplaceOrView guard;
-    return add_pe_below_autograd(x, table, offset, scale, seq_dim, base, layout, frequencies, min_timescale,
-                                 max_timescale, precise_angle);
+    return call_add_pe(x, table, offset, scale, seq_dim, base, layout, frequencies, min_timescale, max_timescale,
+                       precise_angle, positions, padding_idx, alpha);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const at::Tensor& grad = grads[0];
-    at::Tensor grad_x, grad_table;
-    if (ctx->needs_input_grad(0)) grad_x = grad.mul(ctx->saved_data["scale"].toDouble());
-    // needs_input_grad counts tensor inputs only: the table is input 1 when it was given.
-    if (ctx->saved_data.count("table_sizes") > 0 && ctx->needs_input_grad(1)) {
-      const int64_t batch_dim = ctx->saved_data["batch_dim"].toInt();
-      const at::Tensor per_position = batch_dim >= 0 ? grad.sum(batch_dim) : grad;
-      grad_table = at::zeros(ctx->saved_data["table_sizes"].toIntVector(),
-                             grad.options().dtype(ctx->saved_data["table_dtype"].toScalarType()));
+    auto& saved = ctx->saved_data;
+    const auto optional_saved = [&](const char* key) {
+      return saved.count(key) > 0 ? std::optional<at::Tensor>(saved[key].toTensor()) : std::nullopt;
+    };
+    const std::optional<at::Tensor> table = optional_saved("table"), alpha = optional_saved("alpha"),
+                                    positions = optional_saved("positions");
+    const int64_t offset = saved["offset"].toInt(), padding_idx = saved["padding_idx"].toInt();
+    const int64_t seq_dim = saved["seq_dim"].toInt();
+    variable_list result(kNumArguments);
+    result[0] = grad.mul(saved["scale"].toDouble());
+
+    if (table.has_value()) {
+      // Batch-first (batch, seq_len, d_model) view of grad, and the row each element read.
+      const int64_t dim = seq_dim < 0 ? seq_dim + grad.dim() : seq_dim;
+      const at::Tensor g = grad.dim() == 2 ? grad.unsqueeze(0) : (dim == 0 ? grad.transpose(0, 1) : grad);
+      const int64_t batch = g.size(0), seq_len = g.size(1);
+      at::Tensor ids;
+      if (positions.has_value()) {
+        const at::Tensor& p = *positions;
+        ids = p.dim() == 1 || grad.dim() == 2 ? p.reshape({1, seq_len}) : (dim == 0 ? p.transpose(0, 1) : p);
+        ids = ids.to(at::kLong).expand({batch, seq_len}).add(offset);
+      } else {
+        ids = at::arange(offset, offset + seq_len, grad.options().dtype(at::kLong)).expand({batch, seq_len});
+      }
+      at::Tensor contributions = g.reshape({batch * seq_len, -1});
+      if (alpha.has_value()) contributions = contributions.mul(*alpha);
+      contributions = contributions.to(table->scalar_type());
+      const at::Tensor used = ids.reshape(-1).ne(padding_idx);
+      at::Tensor grad_table = at::zeros_like(*table);
       at::Tensor rows = grad_table.dim() == 3 ? grad_table.select(0, 0) : grad_table;
-      rows.narrow(0, ctx->saved_data["offset"].toInt(), per_position.size(0)).copy_(per_position);
+      rows.index_add_(0, ids.reshape(-1).index({used}), contributions.index({used}));
+      result[kTableArgument] = grad_table;
     }
-    variable_list result(11);  // one per argument of add_pe; only x and table are differentiable
-    result[0] = grad_x;
-    result[1] = grad_table;
+    if (alpha.has_value()) {
+      // pe at every element: the forward op on zeros, with alpha left out.
+      const at::Tensor pe = call_add_pe(at::zeros_like(grad), table, offset, 0.0, seq_dim, saved["base"].toDouble(),
+                                        saved["layout"].toStringRef(), saved["frequencies"].toStringRef(),
+                                        saved["min_timescale"].toDouble(), saved["max_timescale"].toDouble(),
+                                        saved["precise_angle"].toBool(), positions, padding_idx, std::nullopt);
+      const auto acc = alpha->scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+      result[kAlphaArgument] =
+          grad.to(acc).mul(pe.to(acc)).sum().reshape(alpha->sizes()).to(alpha->scalar_type());
+    }
     return result;
   }
 };
 
 at::Tensor add_pe_autograd(const at::Tensor& x, const std::optional<at::Tensor>& table, int64_t offset, double scale,
-                           int64_t seq_dim, PE_ENCODING_PARAMS) {
+                           int64_t seq_dim, PE_KEYWORD_PARAMS) {
   return AddPe::apply(x, table, offset, scale, seq_dim, base, layout, frequencies, min_timescale, max_timescale,
-                      precise_angle);
+                      precise_angle, positions, padding_idx, alpha);
 }
 
 }  // namespace

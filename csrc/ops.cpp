@@ -3,6 +3,7 @@
 
 #include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/aminmax.h>
 #include <torch/library.h>
 #include <pybind11/pybind11.h>
 
@@ -18,7 +19,7 @@ bool is_supported_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
-PeSpec make_spec(const EncodingArgs& e, int64_t d_model) {
+PeSpec make_spec(const KeywordArgs& e, int64_t d_model) {
   TORCH_CHECK_VALUE(e.layout == "interleaved" || e.layout == "concatenated",
                     "pe_ext: layout must be 'interleaved' or 'concatenated', got '", e.layout, "'");
   const Layout layout = e.layout == "interleaved" ? Layout::kInterleaved : Layout::kConcatenated;
@@ -36,10 +37,52 @@ PeSpec make_spec(const EncodingArgs& e, int64_t d_model) {
   return timescale_spec(d_model, e.min_timescale, e.max_timescale, layout, e.precise_angle);
 }
 
-void check_positions(int64_t offset, int64_t seq_len) {
+void check_offset(int64_t offset, int64_t seq_len) {
   TORCH_CHECK_VALUE(offset >= 0, "pe_ext: offset must be >= 0, got ", offset);
   TORCH_CHECK_VALUE(offset <= std::numeric_limits<int64_t>::max() - seq_len, "pe_ext: offset (", offset,
                     ") + seq_len (", seq_len, ") overflows int64");
+}
+
+// Adds the keyword arguments about positions and alpha to p (whose out is already batch-first) and returns one past
+// the largest position the call uses. `like` is x (or out when building a table) in its own layout; to_batch_first
+// views a tensor shaped like its leading dimensions the way p's tensors are viewed. Explicit positions are read
+// here (one device sync on CUDA) so that bad ones are refused before anything is written.
+template <typename ToBatchFirst>
+int64_t attach_keywords(AddPeProblem& p, const KeywordArgs& k, const at::Tensor& like, ToBatchFirst to_batch_first) {
+  TORCH_CHECK_VALUE(k.padding_idx >= -1, "pe_ext: padding_idx must be >= 0, or -1 for none; got ", k.padding_idx);
+  p.padding_idx = k.padding_idx;
+  if (k.alpha.has_value() && k.alpha->defined()) {
+    const at::Tensor& alpha = *k.alpha;
+    TORCH_CHECK_VALUE(alpha.numel() == 1, "pe_ext: alpha must hold one value (a 0-dim tensor), got shape ",
+                      alpha.sizes());
+    TORCH_CHECK_TYPE(is_supported_dtype(alpha.scalar_type()), "pe_ext: alpha must be a floating tensor, got ",
+                     alpha.scalar_type());
+    TORCH_CHECK_VALUE(alpha.device() == like.device(), "pe_ext: alpha is on ", alpha.device(), " but x is on ",
+                      like.device());
+    p.alpha = alpha.reshape({}).to(like.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  }
+  check_offset(p.offset, p.seq_len());
+  if (!k.positions.has_value() || !k.positions->defined()) return p.offset + p.seq_len();
+
+  const at::Tensor& positions = *k.positions;
+  const at::IntArrayRef leading = like.sizes().slice(0, like.dim() - 1);
+  TORCH_CHECK_TYPE(positions.scalar_type() == at::kLong || positions.scalar_type() == at::kInt,
+                   "pe_ext: positions must be an int64 or int32 tensor, got ", positions.scalar_type());
+  TORCH_CHECK_VALUE(positions.device() == like.device(), "pe_ext: positions is on ", positions.device(),
+                    " but x is on ", like.device());
+  const bool per_element = positions.sizes() == leading;
+  TORCH_CHECK_VALUE(per_element || (positions.dim() == 1 && positions.size(0) == p.seq_len()),
+                    "pe_ext: positions must have shape ", leading, " (one per element of x but d_model) or (",
+                    p.seq_len(), ",) (shared by the batch), got ", positions.sizes());
+  const at::Tensor ids = positions.to(at::kLong);
+  p.positions = per_element ? to_batch_first(ids) : ids.unsqueeze(0).expand({p.batch(), p.seq_len()});
+  if (ids.numel() == 0) return p.offset;
+  const auto [low, high] = at::aminmax(ids);
+  const int64_t min_id = low.item<int64_t>(), max_id = high.item<int64_t>();
+  TORCH_CHECK_VALUE(min_id >= 0, "pe_ext: positions must be >= 0, got ", min_id);
+  TORCH_CHECK_VALUE(max_id < std::numeric_limits<int64_t>::max() - p.offset, "pe_ext: offset (", p.offset,
+                    ") + positions (up to ", max_id, ") overflows int64");
+  return p.offset + max_id + 1;
 }
 
 void check_no_internal_overlap(const at::Tensor& t, const char* name) {
@@ -60,8 +103,8 @@ at::Tensor checked_table(const at::Tensor& table, const at::Tensor& x, int64_t d
   TORCH_CHECK_TYPE(table.scalar_type() == x.scalar_type() || table.scalar_type() == at::kFloat,
                    "pe_ext: table must be float32 or x's dtype (", x.scalar_type(), "), got ",
                    table.scalar_type());
-  TORCH_CHECK_VALUE(last_position <= rows.size(0), "pe_ext: positions up to offset + seq_len = ", last_position,
-                    " need that many table rows, but the table has ", rows.size(0),
+  TORCH_CHECK_VALUE(last_position <= rows.size(0), "pe_ext: positions up to ", last_position - 1, " need ",
+                    last_position, " table rows, but the table has ", rows.size(0),
                     " (max_len); raise max_len or compute on the fly (no table)");
   return rows;
 }
@@ -69,7 +112,7 @@ at::Tensor checked_table(const at::Tensor& table, const at::Tensor& x, int64_t d
 }  // namespace
 
 AddPeProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset,
-                            double scale, int64_t seq_dim, const EncodingArgs& encoding, const at::Tensor& out) {
+                            double scale, int64_t seq_dim, const KeywordArgs& keywords, const at::Tensor& out) {
   TORCH_CHECK_VALUE(x.dim() == 2 || x.dim() == 3,
                     "pe_ext: x must be 2-D (seq_len, d_model) or 3-D (batch, seq_len, d_model) or "
                     "(seq_len, batch, d_model), got a ", x.dim(), "-D tensor of shape ", x.sizes());
@@ -80,7 +123,7 @@ AddPeProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>
                     "pe_ext: seq_dim must index a dimension of x other than the last (d_model); got ", seq_dim,
                     " for a ", x.dim(), "-D x");
   TORCH_CHECK_VALUE(std::isfinite(scale), "pe_ext: scale must be finite, got ", scale);
-  const PeSpec spec = make_spec(encoding, x.size(-1));
+  const PeSpec spec = make_spec(keywords, x.size(-1));
   TORCH_CHECK_VALUE(out.sizes() == x.sizes(), "pe_ext: out must have x's shape ", x.sizes(), ", got ", out.sizes());
   TORCH_CHECK_TYPE(out.scalar_type() == x.scalar_type(), "pe_ext: out must have x's dtype (", x.scalar_type(),
                    "), got ", out.scalar_type());
@@ -101,55 +144,62 @@ AddPeProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>
   p.offset = offset;
   p.scale = scale;
   p.spec = spec;
-  check_positions(offset, p.seq_len());
+  const int64_t last_position = attach_keywords(p, keywords, x, [&](const at::Tensor& ids) {
+    return ids.dim() == 1 ? ids.unsqueeze(0) : (dim == 0 ? ids.transpose(0, 1) : ids);
+  });
   if (table.has_value() && table->defined()) {
-    p.table = checked_table(*table, x, p.d_model(), offset + p.seq_len());
+    p.table = checked_table(*table, x, p.d_model(), last_position);
     if (p.out.numel() > 0) at::assert_no_overlap(out, *table);
   }
   return p;
 }
 
-AddPeProblem prepare_fill_table(const at::Tensor& out, int64_t offset, const EncodingArgs& encoding) {
+AddPeProblem prepare_fill_table(const at::Tensor& out, int64_t offset, const KeywordArgs& keywords) {
   TORCH_CHECK_VALUE(out.dim() == 2, "pe_ext: out must be 2-D (num_positions, d_model), got shape ", out.sizes());
   TORCH_CHECK_TYPE(is_supported_dtype(out.scalar_type()),
                    "pe_ext: out must be float32, float64, float16 or bfloat16, got ", out.scalar_type());
-  const PeSpec spec = make_spec(encoding, out.size(1));
-  check_positions(offset, out.size(0));
+  const PeSpec spec = make_spec(keywords, out.size(1));
   check_no_internal_overlap(out, "out");
   AddPeProblem p;
   p.out = out.unsqueeze(0);
   p.offset = offset;
   p.spec = spec;
+  attach_keywords(p, keywords, out, [](const at::Tensor& ids) { return ids.unsqueeze(0); });
   return p;
 }
 
 }  // namespace pe_ext
 
 // The schemas, declared once. Backends register kernels with TORCH_LIBRARY_IMPL beside their code.
-// The keyword arguments every op ends with choose the encoding:
-//   base             frequencies = "paper": freq(i) = base^(-2i / d_model)
+// The keyword arguments every op ends with:
+//   base               frequencies = "paper": freq(i) = base^(-2i / d_model)
 //   min/max_timescale  frequencies = "timescales" (tensor2tensor, fairseq): periods from min to max, geometrically
-//   layout           "interleaved" (sin, cos, sin, cos, ...) or "concatenated" (all sin, then all cos)
-//   precise_angle    form and reduce the angle in double before the float32 sin/cos (accurate at any position)
-#define PE_ENCODING_SCHEMA                                                                                    \
+//   layout             "interleaved" (sin, cos, sin, cos, ...) or "concatenated" (all sin, then all cos)
+//   precise_angle      form and reduce the angle in double before the float32 sin/cos (accurate at any position)
+//   positions          int position ids shaped like x without d_model, or (seq_len,) for the whole batch; the
+//                      position of an element is offset + its id (default: offset + its index along seq_dim)
+//   padding_idx        the position whose pe is zero (fairseq's padding), -1 for none
+//   alpha              a 0-dim tensor multiplying pe (ESPnet's learnable alpha), None for 1
+#define PE_KEYWORD_SCHEMA                                                                                     \
   "float base=10000.0, str layout=\"interleaved\", str frequencies=\"paper\", float min_timescale=1.0, " \
-  "float max_timescale=10000.0, bool precise_angle=False"
+  "float max_timescale=10000.0, bool precise_angle=False, Tensor? positions=None, int padding_idx=-1, "    \
+  "Tensor? alpha=None"
 
 TORCH_LIBRARY(pe_ext, m) {
   // out = x * scale + pe(offset + l) along dimension seq_dim of x; pe read from table when given, else computed.
-  m.def("add_pe(Tensor x, Tensor? table=None, int offset=0, float scale=1.0, int seq_dim=1, *, " PE_ENCODING_SCHEMA
+  m.def("add_pe(Tensor x, Tensor? table=None, int offset=0, float scale=1.0, int seq_dim=1, *, " PE_KEYWORD_SCHEMA
         ") -> Tensor");
   // The same, written into x.
   m.def("add_pe_(Tensor(a!) x, Tensor? table=None, int offset=0, float scale=1.0, int seq_dim=1, *, "
-        PE_ENCODING_SCHEMA ") -> ()");
+        PE_KEYWORD_SCHEMA ") -> ()");
   // The same, written into a preallocated out of x's shape and dtype that does not overlap x.
   m.def("add_pe_out(Tensor x, Tensor? table, int offset, float scale, int seq_dim, Tensor(a!) out, *, "
-        PE_ENCODING_SCHEMA ") -> ()");
+        PE_KEYWORD_SCHEMA ") -> ()");
   // out[p, :] = pe(offset + p, :): the table, built where out lives.
-  m.def("fill_table_(Tensor(a!) out, int offset=0, *, " PE_ENCODING_SCHEMA ") -> ()");
+  m.def("fill_table_(Tensor(a!) out, int offset=0, *, " PE_KEYWORD_SCHEMA ") -> ()");
   // Test only: runs the CUDA kernel's per-thread body over the CUDA launch grid, on the CPU.
   m.def("_cuda_grid_emulator(Tensor(a!) out, Tensor? x, Tensor? table, int offset, float scale, int seq_dim, "
-        "int num_sms, *, " PE_ENCODING_SCHEMA ") -> ()");
+        "int num_sms, *, " PE_KEYWORD_SCHEMA ") -> ()");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -10,23 +10,30 @@
 
 namespace pe_ext {
 
-// The schema's keyword arguments that choose the encoding (see ops.cpp), as passed.
-struct EncodingArgs {
+// The schema's keyword arguments (see ops.cpp), as passed: the encoding, and where and how strongly pe is added.
+struct KeywordArgs {
   double base;
   c10::string_view layout;       // "interleaved" or "concatenated"
   c10::string_view frequencies;  // "paper" (base) or "timescales" (min_timescale, max_timescale)
   double min_timescale;
   double max_timescale;
   bool precise_angle;
+  const c10::optional<at::Tensor>& positions;  // explicit position ids, or none: offset + l
+  int64_t padding_idx;                         // this position gets a zero pe; -1: none
+  const c10::optional<at::Tensor>& alpha;      // 0-dim factor on pe, or none: 1
 };
 
-// One call, checked and seen batch-first: out[b, l, :] = x[b, l, :] * scale + pe(offset + l, :).
+// One call, checked and seen batch-first: out[b, l, :] = x[b, l, :] * scale + alpha * pe(position(b, l), :), with
+// position(b, l) = offset + (positions[b, l] if given, else l), and pe(padding_idx, :) = 0.
 // x is undefined when building a table (x taken as 0); table is undefined when pe is computed on the fly.
 struct AddPeProblem {
-  at::Tensor x;      // [batch, seq_len, d_model], any strides, or undefined
-  at::Tensor out;    // [batch, seq_len, d_model], any non-overlapping strides
-  at::Tensor table;  // [rows >= offset + seq_len, d_model], float32 or x's dtype, or undefined
+  at::Tensor x;          // [batch, seq_len, d_model], any strides, or undefined
+  at::Tensor out;        // [batch, seq_len, d_model], any non-overlapping strides
+  at::Tensor table;      // [rows > every position, d_model], float32 or x's dtype, or undefined
+  at::Tensor positions;  // int64 [batch, seq_len] (batch stride 0 when shared by the batch), or undefined
+  at::Tensor alpha;      // 0-dim, in the math dtype, or undefined (1)
   int64_t offset = 0;
+  int64_t padding_idx = -1;
   double scale = 1.0;
   PeSpec spec;
 
@@ -38,44 +45,47 @@ struct AddPeProblem {
 // Check the arguments of add_pe / add_pe_ / add_pe_out (out is x for the in-place op) and view them batch-first.
 // Every check runs before anything is written.
 AddPeProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset,
-                            double scale, int64_t seq_dim, const EncodingArgs& encoding, const at::Tensor& out);
+                            double scale, int64_t seq_dim, const KeywordArgs& keywords, const at::Tensor& out);
 
 // Check the arguments of fill_table_ (out: [num_positions, d_model]) and view them as a problem with no x.
-AddPeProblem prepare_fill_table(const at::Tensor& out, int64_t offset, const EncodingArgs& encoding);
+AddPeProblem prepare_fill_table(const at::Tensor& out, int64_t offset, const KeywordArgs& keywords);
 
 // The ops, for a backend whose kernel computes one prepared problem.
 using ProblemKernel = void (*)(const AddPeProblem&);
 
-// Every op ends with the encoding's keyword arguments: base, layout, frequencies, min/max_timescale, precise_angle.
-#define PE_ENCODING_PARAMS                                                                                     \
+// Every op ends with the same keyword arguments (ops.cpp, PE_KEYWORD_SCHEMA).
+#define PE_KEYWORD_PARAMS                                                                                      \
   double base, c10::string_view layout, c10::string_view frequencies, double min_timescale, double max_timescale, \
-      bool precise_angle
-#define PE_ENCODING_ARGS \
-  EncodingArgs { base, layout, frequencies, min_timescale, max_timescale, precise_angle }
+      bool precise_angle, const c10::optional<at::Tensor>&positions, int64_t padding_idx,                       \
+      const c10::optional<at::Tensor>&alpha
+#define PE_KEYWORD_ARGS                                                                                     \
+  KeywordArgs {                                                                                            \
+    base, layout, frequencies, min_timescale, max_timescale, precise_angle, positions, padding_idx, alpha \
+  }
 
 template <ProblemKernel kernel>
 at::Tensor add_pe_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset, double scale,
-                     int64_t seq_dim, PE_ENCODING_PARAMS) {
+                     int64_t seq_dim, PE_KEYWORD_PARAMS) {
   at::Tensor out = at::empty_like(x);
-  kernel(prepare_add_pe(x, table, offset, scale, seq_dim, PE_ENCODING_ARGS, out));
+  kernel(prepare_add_pe(x, table, offset, scale, seq_dim, PE_KEYWORD_ARGS, out));
   return out;
 }
 
 template <ProblemKernel kernel>
 void add_pe_inplace_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset, double scale,
-                       int64_t seq_dim, PE_ENCODING_PARAMS) {
-  kernel(prepare_add_pe(x, table, offset, scale, seq_dim, PE_ENCODING_ARGS, x));
+                       int64_t seq_dim, PE_KEYWORD_PARAMS) {
+  kernel(prepare_add_pe(x, table, offset, scale, seq_dim, PE_KEYWORD_ARGS, x));
 }
 
 template <ProblemKernel kernel>
 void add_pe_out_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset, double scale,
-                   int64_t seq_dim, const at::Tensor& out, PE_ENCODING_PARAMS) {
-  kernel(prepare_add_pe(x, table, offset, scale, seq_dim, PE_ENCODING_ARGS, out));
+                   int64_t seq_dim, const at::Tensor& out, PE_KEYWORD_PARAMS) {
+  kernel(prepare_add_pe(x, table, offset, scale, seq_dim, PE_KEYWORD_ARGS, out));
 }
 
 template <ProblemKernel kernel>
-void fill_table_op(const at::Tensor& out, int64_t offset, PE_ENCODING_PARAMS) {
-  kernel(prepare_fill_table(out, offset, PE_ENCODING_ARGS));
+void fill_table_op(const at::Tensor& out, int64_t offset, PE_KEYWORD_PARAMS) {
+  kernel(prepare_fill_table(out, offset, PE_KEYWORD_ARGS));
 }
 
 }  // namespace pe_ext

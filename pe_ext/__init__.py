@@ -2,7 +2,7 @@
 
 from ._backend import backend, has_extension
 from .modules import PositionalEncoding
-from .ops import add_sinusoidal_pe, add_sinusoidal_pe_, sinusoidal_table
+from .ops import add_sinusoidal_pe, add_sinusoidal_pe_, make_positions, sinusoidal_embedding, sinusoidal_table
 
 __all__ = [
     "PositionalEncoding",
@@ -10,6 +10,8 @@ __all__ = [
     "add_sinusoidal_pe_",
     "backend",
     "has_extension",
+    "make_positions",
+    "sinusoidal_embedding",
     "sinusoidal_table",
 ]
 __version__ = "0.1.0"

@@ -14,7 +14,8 @@ from . import reference
 # The op schemas as csrc/ops.cpp declares them; the fallback defines these when no compiled library is loaded, and a
 # test checks that they match the compiled ones.
 _ENCODING = ('float base=10000.0, str layout="interleaved", str frequencies="paper", float min_timescale=1.0, '
-             'float max_timescale=10000.0, bool precise_angle=False')
+             'float max_timescale=10000.0, bool precise_angle=False, Tensor? positions=None, int padding_idx=-1, '
+             'Tensor? alpha=None')
 SCHEMAS = {
     "add_pe": f"add_pe(Tensor x, Tensor? table=None, int offset=0, float scale=1.0, int seq_dim=1, *, {_ENCODING}) "
     "-> Tensor",
@@ -47,12 +48,6 @@ def _load_extension():
     return _C, None
 
 
-def _register_reference(lib: torch.library.Library, dispatch_keys: tuple[str, ...]) -> None:
-    for name, kernel in _REFERENCE_KERNELS.items():
-        for key in dispatch_keys:
-            lib.impl(name, kernel, key)
-
-
 _C, LOAD_ERROR = _load_extension()
 if _C is None:
     warnings.warn(
@@ -64,10 +59,15 @@ if _C is None:
     _lib = torch.library.Library("pe_ext", "DEF")
     for _schema in SCHEMAS.values():
         _lib.define(_schema)
-    _register_reference(_lib, ("CPU", "CUDA"))
+    # add_pe as a composite of torch ops: autograd, meta and torch.compile come from the ops it is made of.
+    _lib.impl("add_pe", reference.add_pe, "CompositeImplicitAutograd")
+    for _name in ("add_pe_", "add_pe_out", "fill_table_"):
+        for _key in ("CPU", "CUDA"):
+            _lib.impl(_name, _REFERENCE_KERNELS[_name], _key)
 elif not _C.built_with_cuda():
     _lib = torch.library.Library("pe_ext", "IMPL")
-    _register_reference(_lib, ("CUDA",))
+    for _name, _kernel in _REFERENCE_KERNELS.items():
+        _lib.impl(_name, _kernel, "CUDA")
 
 
 def has_extension() -> bool:

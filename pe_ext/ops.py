@@ -1,4 +1,4 @@
-"""Typed wrappers over torch.ops.pe_ext.*, with their fake (meta) kernels and the fallback's autograd formulas.
+"""Typed wrappers over torch.ops.pe_ext.*, and their fake (meta) kernels.
 
 Every function takes the encoding keywords of the ops (csrc/ops.cpp):
     base=10000.0             frequencies="paper": freq(i) = base^(-2i / d_model)
@@ -24,36 +24,65 @@ def _seq_dim(x: Tensor, batch_first: bool) -> int:
     return 1 if x.dim() == 3 and batch_first else 0
 
 
+def _position_keywords(x: Tensor, seq_dim: int, alpha: float | Tensor, positions: Tensor | None,
+                       start_positions: Tensor | None, padding_idx: int) -> dict:
+    """The ops' positions / padding_idx / alpha keywords from the wrappers' friendlier forms."""
+    if start_positions is not None:
+        if positions is not None:
+            raise ValueError("pe_ext: give positions or start_positions, not both")
+        batch_dim = 1 - seq_dim
+        if x.dim() != 3 or start_positions.shape != (x.shape[batch_dim],):
+            raise ValueError(f"pe_ext: start_positions must have shape (batch,) for a 3-D x; x has shape "
+                             f"{list(x.shape)}, start_positions {list(start_positions.shape)}")
+        steps = torch.arange(x.shape[seq_dim], device=start_positions.device, dtype=start_positions.dtype)
+        positions = start_positions[:, None] + steps[None, :]  # (batch, seq_len)
+        positions = positions if seq_dim == 1 else positions.t()
+    if not isinstance(alpha, Tensor):
+        alpha = None if alpha == 1.0 else torch.tensor(
+            alpha, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device)
+    return {"positions": positions, "padding_idx": padding_idx, "alpha": alpha}
+
+
 def add_sinusoidal_pe(x: Tensor, table: Tensor | None = None, *, offset: int = 0, scale: float = 1.0,
-                      batch_first: bool = True, out: Tensor | None = None, **encoding) -> Tensor:
-    """x * scale + pe(offset + l) for every position l of x, in one pass; the result keeps x's dtype.
+                      alpha: float | Tensor = 1.0, positions: Tensor | None = None,
+                      start_positions: Tensor | None = None, padding_idx: int = -1, batch_first: bool = True,
+                      out: Tensor | None = None, **encoding) -> Tensor:
+    """x * scale + alpha * pe(position) for every element of x, in one pass; the result keeps x's dtype.
 
     x is (batch, seq_len, d_model) when batch_first, (seq_len, batch, d_model) otherwise, or (seq_len, d_model).
+    Positions are offset + l along the sequence, or offset + positions (int ids shaped like x without d_model, or
+    (seq_len,)), or offset + start_positions[b] + l (start_positions: (batch,), e.g. left-padded batches or a KV
+    cache); pe(padding_idx) is zero. alpha is a number or a 0-dim tensor, learnable (its gradient is computed).
     pe rows are read from `table` ((rows, d_model) or the module's (1, rows, d_model); float32 or x's dtype) when
     given, else computed on the fly with no length limit. `out`, if given, is written and returned (no autograd,
     as with torch's out= arguments).
     """
     seq_dim = _seq_dim(x, batch_first)
+    keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx), **encoding}
     if out is None:
-        return torch.ops.pe_ext.add_pe.default(x, table, offset, scale, seq_dim, **encoding)
-    _refuse_autograd("add_sinusoidal_pe(..., out=)", x, table)
-    torch.ops.pe_ext.add_pe_out.default(x, table, offset, scale, seq_dim, out, **encoding)
+        return torch.ops.pe_ext.add_pe.default(x, table, offset, scale, seq_dim, **keywords)
+    _refuse_autograd("add_sinusoidal_pe(..., out=)", x, table, keywords["alpha"])
+    torch.ops.pe_ext.add_pe_out.default(x, table, offset, scale, seq_dim, out, **keywords)
     return out
 
 
-def _refuse_autograd(what: str, x: Tensor, table: Tensor | None) -> None:
-    if torch.is_grad_enabled() and (x.requires_grad or (table is not None and table.requires_grad)):
+def _refuse_autograd(what: str, *tensors: Tensor | None) -> None:
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         raise RuntimeError(
-            f"pe_ext: {what} does not support autograd and x or table requires grad; use add_sinusoidal_pe "
+            f"pe_ext: {what} does not support autograd and x, table or alpha requires grad; use add_sinusoidal_pe "
             "without out=, or run under torch.no_grad()"
         )
 
 
 def add_sinusoidal_pe_(x: Tensor, table: Tensor | None = None, *, offset: int = 0, scale: float = 1.0,
-                       batch_first: bool = True, **encoding) -> Tensor:
+                       alpha: float | Tensor = 1.0, positions: Tensor | None = None,
+                       start_positions: Tensor | None = None, padding_idx: int = -1, batch_first: bool = True,
+                       **encoding) -> Tensor:
     """add_sinusoidal_pe written into x, which is returned. Refuses tensors that autograd tracks."""
-    _refuse_autograd("add_sinusoidal_pe_ (in place)", x, table)
-    torch.ops.pe_ext.add_pe_.default(x, table, offset, scale, _seq_dim(x, batch_first), **encoding)
+    seq_dim = _seq_dim(x, batch_first)
+    keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx), **encoding}
+    _refuse_autograd("add_sinusoidal_pe_ (in place)", x, table, keywords["alpha"])
+    torch.ops.pe_ext.add_pe_.default(x, table, offset, scale, seq_dim, **keywords)
     return x
 
 
@@ -69,47 +98,41 @@ def sinusoidal_table(num_positions: int, d_model: int, *, offset: int = 0, dtype
     return out
 
 
-@torch.library.register_fake("pe_ext::add_pe")
-def _add_pe_fake(x, table=None, offset=0, scale=1.0, seq_dim=1, **encoding):
-    return torch.empty_like(x)
+def sinusoidal_embedding(positions: Tensor, d_model: int, *, offset: int = 0, padding_idx: int = -1,
+                         dtype: torch.dtype = torch.float32, **encoding) -> Tensor:
+    """pe(offset + positions) with shape positions.shape + (d_model,), and zeros where the position is padding_idx:
+    the embedding that fairseq's and Hugging Face's sinusoidal position modules return, built in one kernel."""
+    if d_model <= 0:
+        raise ValueError(f"pe_ext: d_model must be > 0, got {d_model}")
+    out = torch.empty(positions.numel(), d_model, dtype=dtype, device=positions.device)
+    torch.ops.pe_ext.fill_table_.default(out, offset, positions=positions.reshape(-1), padding_idx=padding_idx,
+                                         **encoding)
+    return out.reshape(*positions.shape, d_model)
+
+
+def make_positions(tokens: Tensor, padding_idx: int) -> Tensor:
+    """fairseq's make_positions: non-padding tokens get padding_idx + 1, + 2, ... along each row; padding tokens
+    get padding_idx (whose embedding is zero)."""
+    mask = tokens.ne(padding_idx).long()
+    return torch.cumsum(mask, dim=1) * mask + padding_idx
+
+
+if _backend.has_extension():  # the fallback's add_pe is a composite of torch ops, which brings its own
+    @torch.library.register_fake("pe_ext::add_pe")
+    def _add_pe_fake(x, table=None, offset=0, scale=1.0, seq_dim=1, **keywords):
+        return torch.empty_like(x)
 
 
 @torch.library.register_fake("pe_ext::add_pe_")
-def _add_pe_inplace_fake(x, table=None, offset=0, scale=1.0, seq_dim=1, **encoding):
+def _add_pe_inplace_fake(x, table=None, offset=0, scale=1.0, seq_dim=1, **keywords):
     return None
 
 
 @torch.library.register_fake("pe_ext::add_pe_out")
-def _add_pe_out_fake(x, table, offset, scale, seq_dim, out, **encoding):
+def _add_pe_out_fake(x, table, offset, scale, seq_dim, out, **keywords):
     return None
 
 
 @torch.library.register_fake("pe_ext::fill_table_")
-def _fill_table_fake(out, offset=0, **encoding):
+def _fill_table_fake(out, offset=0, **keywords):
     return None
-
-
-# The fallback's autograd formulas; the compiled extension registers the same ones in C++ (csrc/autograd.cpp).
-def _add_pe_setup_context(ctx, inputs, keyword_only_inputs, output):
-    x, table, offset, scale, seq_dim = inputs
-    ctx.scale = scale
-    ctx.offset = offset
-    ctx.seq_dim = seq_dim % x.dim()
-    ctx.table_shape = None if table is None else table.shape
-    ctx.table_dtype = None if table is None else table.dtype
-
-
-def _add_pe_backward(ctx, grad):
-    grad_x = grad * ctx.scale if ctx.needs_input_grad[0] else None
-    grad_table = None
-    if ctx.needs_input_grad[1]:
-        # Each table row used at position offset + l receives the gradient summed over the batch.
-        per_position = grad.sum(dim=1 - ctx.seq_dim) if grad.dim() == 3 else grad
-        grad_table = grad.new_zeros(ctx.table_shape, dtype=ctx.table_dtype)
-        rows = grad_table[0] if len(ctx.table_shape) == 3 else grad_table
-        rows[ctx.offset : ctx.offset + per_position.shape[0]] = per_position
-    return grad_x, grad_table, None, None, None
-
-
-if not _backend.has_extension():
-    torch.library.register_autograd("pe_ext::add_pe", _add_pe_backward, setup_context=_add_pe_setup_context)

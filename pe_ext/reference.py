@@ -127,51 +127,103 @@ def _checked_table(table: Tensor, x: Tensor, d_model: int, last_position: int) -
         raise TypeError(f"pe_ext: table must be float32 or x's dtype ({x.dtype}), got {table.dtype}")
     if last_position > rows.shape[0]:
         raise ValueError(
-            f"pe_ext: positions up to offset + seq_len = {last_position} need that many table rows, but the table "
+            f"pe_ext: positions up to {last_position - 1} need {last_position} table rows, but the table "
             f"has {rows.shape[0]} (max_len); raise max_len or compute on the fly (no table)"
         )
     return rows
 
 
-def _add_pe_values(x: Tensor, table: Tensor | None, offset: int, scale: float, seq_dim: int, encoding: dict) -> Tensor:
+def _add_pe_values(x: Tensor, table: Tensor | None, offset: int, scale: float, seq_dim: int, keywords: dict) -> Tensor:
     dim = _checked_seq_dim(x, seq_dim)
     if not math.isfinite(scale):
         raise ValueError(f"pe_ext: scale must be finite, got {scale}")
     seq_len, d_model = x.shape[dim], x.shape[-1]
-    _check_encoding(d_model, encoding)
-    _check_positions(offset, seq_len)
+    _check_encoding(d_model, keywords)
     acc = acc_dtype(x.dtype)
-    if table is not None:
-        rows = _checked_table(table, x, d_model, offset + seq_len)[offset : offset + seq_len].to(acc)
+    alpha = _checked_alpha(keywords["alpha"], x)
+    ids, last_position = _checked_positions(keywords, x, x.shape[:-1], seq_len, offset)
+    if ids is None:  # (seq_len,) positions along seq_dim, the same for the whole batch
+        ids = torch.arange(offset, offset + seq_len, device=x.device)
+        shape = [seq_len if d == dim else 1 for d in range(x.dim() - 1)]
     else:
-        rows = pe_rows(torch.arange(offset, offset + seq_len, device=x.device), d_model, acc, **encoding)
-    if x.dim() == 3:
-        rows = rows.unsqueeze(1 - dim)  # broadcast over the batch dimension
-    return (x.to(acc) * scale + rows).to(x.dtype)
+        shape = list(ids.shape) if ids.dim() == x.dim() - 1 else [seq_len if d == dim else 1 for d in range(x.dim() - 1)]
+    flat = ids.reshape(-1)
+    if table is not None:
+        pe = _checked_table(table, x, d_model, last_position).to(acc)[flat]
+    else:
+        pe = pe_rows(flat, d_model, acc, **_encoding_only(keywords))
+    if keywords["padding_idx"] >= 0:
+        pe = torch.where((flat == keywords["padding_idx"])[:, None], torch.zeros_like(pe), pe)
+    if alpha is not None:
+        pe = pe * alpha.to(acc)
+    return (x.to(acc) * scale + pe.reshape(*shape, d_model)).to(x.dtype)
 
 
-def _check_encoding(d_model: int, encoding: dict) -> None:
-    _frequency_params(d_model, *(encoding[k] for k in ("base", "layout", "frequencies", "min_timescale",
+def _checked_alpha(alpha: Tensor | None, like: Tensor) -> Tensor | None:
+    if alpha is None:
+        return None
+    if alpha.numel() != 1:
+        raise ValueError(f"pe_ext: alpha must hold one value (a 0-dim tensor), got shape {list(alpha.shape)}")
+    if alpha.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"pe_ext: alpha must be a floating tensor, got {alpha.dtype}")
+    if alpha.device != like.device:
+        raise ValueError(f"pe_ext: alpha is on {alpha.device} but x is on {like.device}")
+    return alpha.reshape(())
+
+
+def _checked_positions(keywords: dict, like: Tensor, leading, seq_len: int, offset: int):
+    """(offset + positions, one past the largest position), or (None, offset + seq_len) without positions."""
+    if keywords["padding_idx"] < -1:
+        raise ValueError(f"pe_ext: padding_idx must be >= 0, or -1 for none; got {keywords['padding_idx']}")
+    _check_positions(offset, seq_len)
+    positions = keywords["positions"]
+    if positions is None:
+        return None, offset + seq_len
+    if positions.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"pe_ext: positions must be an int64 or int32 tensor, got {positions.dtype}")
+    if positions.device != like.device:
+        raise ValueError(f"pe_ext: positions is on {positions.device} but x is on {like.device}")
+    if not (positions.shape == leading or (positions.dim() == 1 and positions.shape[0] == seq_len)):
+        raise ValueError(f"pe_ext: positions must have shape {list(leading)} (one per element of x but d_model) or "
+                         f"({seq_len},) (shared by the batch), got {list(positions.shape)}")
+    if positions.numel() == 0:
+        return positions.long() + offset, offset
+    low, high = int(positions.min()), int(positions.max())
+    if low < 0:
+        raise ValueError(f"pe_ext: positions must be >= 0, got {low}")
+    if high >= INT64_MAX - offset:
+        raise ValueError(f"pe_ext: offset ({offset}) + positions (up to {high}) overflows int64")
+    return positions.long() + offset, offset + high + 1
+
+
+def _check_encoding(d_model: int, keywords: dict) -> None:
+    _frequency_params(d_model, *(keywords[k] for k in ("base", "layout", "frequencies", "min_timescale",
                                                        "max_timescale")))
 
 
-# The ops, with the schemas' signatures (pe_ext/_backend.py). The encoding keywords are those of pe_rows.
+def _encoding_only(keywords: dict) -> dict:
+    return {k: keywords[k] for k in ("base", "layout", "frequencies", "min_timescale", "max_timescale",
+                                     "precise_angle")}
+
+
+# The ops, with the schemas' signatures (pe_ext/_backend.py): the keywords are pe_rows' encoding keywords and
+# positions (explicit ids), padding_idx (the position with a zero pe) and alpha (a 0-dim factor on pe).
 def add_pe(x: Tensor, table: Tensor | None = None, offset: int = 0, scale: float = 1.0, seq_dim: int = 1,
-           **encoding) -> Tensor:
+           **keywords) -> Tensor:
     """out = x * scale + pe(offset + l) along dimension seq_dim of x."""
-    return _add_pe_values(x, table, offset, scale, seq_dim, _encoding(**encoding))
+    return _add_pe_values(x, table, offset, scale, seq_dim, _keywords(**keywords))
 
 
 def add_pe_(x: Tensor, table: Tensor | None = None, offset: int = 0, scale: float = 1.0, seq_dim: int = 1,
-            **encoding) -> None:
+            **keywords) -> None:
     """add_pe written into x."""
     _checked_seq_dim(x, seq_dim)
     _check_no_internal_overlap(x, "x")
-    x.copy_(_add_pe_values(x, table, offset, scale, seq_dim, _encoding(**encoding)))
+    x.copy_(_add_pe_values(x, table, offset, scale, seq_dim, _keywords(**keywords)))
 
 
 def add_pe_out(x: Tensor, table: Tensor | None, offset: int, scale: float, seq_dim: int, out: Tensor,
-               **encoding) -> None:
+               **keywords) -> None:
     """add_pe written into out, which has x's shape, dtype and device and does not overlap x."""
     if out.shape != x.shape:
         raise ValueError(f"pe_ext: out must have x's shape {list(x.shape)}, got {list(out.shape)}")
@@ -182,24 +234,24 @@ def add_pe_out(x: Tensor, table: Tensor | None, offset: int, scale: float, seq_d
     _check_no_internal_overlap(out, "out")
     if out.numel() > 0 and _share_memory(out, x):
         raise ValueError("pe_ext: out must not overlap x; use add_pe_ to write into x")
-    out.copy_(_add_pe_values(x, table, offset, scale, seq_dim, _encoding(**encoding)))
+    out.copy_(_add_pe_values(x, table, offset, scale, seq_dim, _keywords(**keywords)))
 
 
-def fill_table_(out: Tensor, offset: int = 0, **encoding) -> None:
-    """out[p, :] = pe(offset + p, :)."""
-    encoding = _encoding(**encoding)
+def fill_table_(out: Tensor, offset: int = 0, **keywords) -> None:
+    """out[p, :] = alpha * pe(offset + p, :) (or of offset + positions[p])."""
+    keywords = _keywords(**keywords)
     if out.dim() != 2:
         raise ValueError(f"pe_ext: out must be 2-D (num_positions, d_model), got shape {list(out.shape)}")
     _check_dtype(out, "out")
-    _check_encoding(out.shape[1], encoding)
-    _check_positions(offset, out.shape[0])
     _check_no_internal_overlap(out, "out")
-    positions = torch.arange(offset, offset + out.shape[0], device=out.device)
-    out.copy_(pe_rows(positions, out.shape[1], acc_dtype(out.dtype), **encoding))
+    # A table is the add with x = 0 along (num_positions,) positions.
+    out.copy_(_add_pe_values(torch.zeros_like(out), None, offset, 1.0, 0, keywords))
 
 
-def _encoding(base: float = 10000.0, layout: str = "interleaved", frequencies: str = "paper",
-              min_timescale: float = 1.0, max_timescale: float = 10000.0, precise_angle: bool = False) -> dict:
-    """The encoding keywords with their defaults filled in."""
+def _keywords(base: float = 10000.0, layout: str = "interleaved", frequencies: str = "paper",
+              min_timescale: float = 1.0, max_timescale: float = 10000.0, precise_angle: bool = False,
+              positions: Tensor | None = None, padding_idx: int = -1, alpha: Tensor | None = None) -> dict:
+    """The keywords with their defaults filled in."""
     return dict(base=base, layout=layout, frequencies=frequencies, min_timescale=min_timescale,
-                max_timescale=max_timescale, precise_angle=precise_angle)
+                max_timescale=max_timescale, precise_angle=precise_angle, positions=positions,
+                padding_idx=padding_idx, alpha=alpha)

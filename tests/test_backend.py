@@ -55,6 +55,13 @@ def test_fallback_without_extension_warns_once_and_matches_oracle():
                                    atol=atol, rtol=rtol)
         torch.testing.assert_close(pe_ext.add_sinusoidal_pe(x, offset=5).double(), oracle_add(x, 5), atol=atol,
                                    rtol=rtol)
+        # add_pe is a composite of torch ops here: gradients for x, table and alpha come from them
+        x = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
+        table = pe_ext.sinusoidal_table(9, 6, dtype=torch.float64).requires_grad_()
+        alpha = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+        ids = torch.tensor([[1, 1, 0, 8], [2, 3, 4, 5]])
+        assert torch.autograd.gradcheck(lambda x, t, a: pe_ext.add_sinusoidal_pe(
+            x, t, scale=1.5, alpha=a, positions=ids, padding_idx=3), (x, table, alpha))
         print("fallback ok")
     """)
     env = {**os.environ, "PE_EXT_FORCE_FALLBACK": "1"}

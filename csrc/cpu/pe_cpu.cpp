@@ -111,47 +111,66 @@ void add_pe_typed(const AddPeProblem& p) {
   const bool contiguous_rows = has_x && xs_d == 1 && os_d == 1;
   const acc_t scale = static_cast<acc_t>(p.scale);
 
+  // position(b, l) = offset + (positions[b, l] if given, else l); pe(padding_idx, :) = 0; pe scaled by alpha.
+  const int64_t* positions = p.positions.defined() ? p.positions.const_data_ptr<int64_t>() : nullptr;
+  const int64_t ps_b = positions ? p.positions.stride(0) : 0, ps_l = positions ? p.positions.stride(1) : 0;
+  const bool per_row = positions != nullptr && ps_b != 0;  // else one pe row serves the whole batch
+  auto position = [&](int64_t b, int64_t l) { return p.offset + (positions ? positions[b * ps_b + l * ps_l] : l); };
+  const acc_t alpha = p.alpha.defined() ? *p.alpha.const_data_ptr<acc_t>() : acc_t(1);
+
   // Table rows already in acc_t and contiguous are used in place; anything else is converted or computed per tile.
   const table_t* table = has_table ? p.table.const_data_ptr<table_t>() : nullptr;
   const int64_t ts_l = has_table ? p.table.stride(0) : 0, ts_d = has_table ? p.table.stride(1) : 0;
-  const bool table_in_place = has_table && std::is_same_v<table_t, acc_t> && (ts_d == 1 || d_model <= 1);
+  const bool table_in_place =
+      has_table && std::is_same_v<table_t, acc_t> && (ts_d == 1 || d_model <= 1) && !p.alpha.defined();
+  const std::vector<acc_t> zero_row(table_in_place && p.padding_idx >= 0 ? d_model : 0, acc_t(0));
   std::vector<double> freqs;
   if (!has_table) {
     freqs.resize(p.spec.num_freqs);
     for (size_t i = 0; i < freqs.size(); ++i) freqs[i] = frequency(p.spec, static_cast<int64_t>(i));
   }
+  auto fill_row = [&](int64_t pos, acc_t* row) {
+    if (pos == p.padding_idx) {
+      std::fill(row, row + d_model, acc_t(0));
+      return;
+    }
+    if (!has_table) {
+      pe_row<acc_t>(p.spec, pos, freqs.data(), row);
+    } else if constexpr (std::is_same_v<table_t, c10::BFloat16> || std::is_same_v<table_t, c10::Half>) {
+      if (ts_d == 1) {
+        widen_row(table + pos * ts_l, row, d_model);
+      } else {
+        for (int64_t j = 0; j < d_model; ++j) row[j] = static_cast<acc_t>(table[pos * ts_l + j * ts_d]);
+      }
+    } else {
+      for (int64_t j = 0; j < d_model; ++j) row[j] = static_cast<acc_t>(table[pos * ts_l + j * ts_d]);
+    }
+    if (alpha != acc_t(1)) {
+      for (int64_t j = 0; j < d_model; ++j) row[j] *= alpha;
+    }
+  };
 
   const int64_t tile_len = std::max<int64_t>(1, kTileValues / std::max<int64_t>(1, d_model));
   const int64_t tiles = (seq_len + tile_len - 1) / tile_len;
-  // Work item i = (tile i / batch, batch row i % batch): a task computes a tile's pe rows once for all its rows.
+  // Work item i = (tile i / batch, batch row i % batch): a task computes a tile's pe rows once for all its rows
+  // (once per row when positions differ between rows).
   const int64_t grain = std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(1, tile_len * d_model));
   at::parallel_for(0, tiles * batch, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> tile_values(table_in_place ? 0 : tile_len * d_model);
-    int64_t filled_tile = -1;
+    int64_t filled = -1;  // the work item whose pe the tile holds
     for (int64_t i = begin; i < end; ++i) {
       const int64_t tile = i / batch, b = i % batch;
       const int64_t l_begin = tile * tile_len, l_end = std::min(seq_len, l_begin + tile_len);
-      if (!table_in_place && tile != filled_tile) {
-        for (int64_t l = l_begin; l < l_end; ++l) {
-          acc_t* row = tile_values.data() + (l - l_begin) * d_model;
-          if (has_table) {
-            const table_t* src = table + (p.offset + l) * ts_l;
-            if constexpr (std::is_same_v<table_t, c10::BFloat16> || std::is_same_v<table_t, c10::Half>) {
-              if (ts_d == 1) {
-                widen_row(src, row, d_model);
-                continue;
-              }
-            }
-            for (int64_t j = 0; j < d_model; ++j) row[j] = static_cast<acc_t>(src[j * ts_d]);
-          } else {
-            pe_row<acc_t>(p.spec, p.offset + l, freqs.data(), row);
-          }
-        }
-        filled_tile = tile;
+      const int64_t key = per_row ? i : tile * batch;
+      if (!table_in_place && key != filled) {
+        for (int64_t l = l_begin; l < l_end; ++l) fill_row(position(b, l), tile_values.data() + (l - l_begin) * d_model);
+        filled = key;
       }
       for (int64_t l = l_begin; l < l_end; ++l) {
-        const acc_t* pe = table_in_place ? reinterpret_cast<const acc_t*>(table) + (p.offset + l) * ts_l
-                                         : tile_values.data() + (l - l_begin) * d_model;
+        const int64_t pos = position(b, l);
+        const acc_t* pe = !table_in_place       ? tile_values.data() + (l - l_begin) * d_model
+                          : pos == p.padding_idx ? zero_row.data()
+                                                 : reinterpret_cast<const acc_t*>(table) + pos * ts_l;
         scalar_t* dst = out + b * os_b + l * os_l;
         const scalar_t* src = has_x ? x + b * xs_b + l * xs_l : nullptr;
         if (contiguous_rows) {

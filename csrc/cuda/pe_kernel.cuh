@@ -48,19 +48,29 @@ PE_HOST_DEVICE void store_span(T* dst, const T (&src)[N]) {
 #endif
 }
 
-// One launch's data: out[b, l, :] = x[b, l, :] * scale + pe(offset + l, :), all pointers at element (0, 0, 0).
+// One launch's data: out[b, l, :] = x[b, l, :] * scale + alpha * pe(position(b, l), :), all pointers at element
+// (0, 0, 0); position(b, l) = offset + (positions[b, l] if given, else l); pe(padding_idx, :) = 0.
 template <typename scalar_t, typename table_t>
 struct AddPeArgs {
   using acc_t = acc_type<scalar_t>;
-  const scalar_t* x;      // [batch, seq_len, d_model]; nullptr when building a table (x taken as 0)
-  scalar_t* out;          // [batch, seq_len, d_model]
-  const table_t* table;   // [offset + seq_len or more, d_model]; nullptr when pe is computed on the fly
+  const scalar_t* x;         // [batch, seq_len, d_model]; nullptr when building a table (x taken as 0)
+  scalar_t* out;             // [batch, seq_len, d_model]
+  const table_t* table;      // [rows > every position, d_model]; nullptr when pe is computed on the fly
+  const int64_t* positions;  // [batch, seq_len], batch stride 0 when shared; nullptr: offset + l
+  const acc_t* alpha;        // one value; nullptr: 1
   int64_t x_stride_b, x_stride_l, x_stride_d;
   int64_t out_stride_b, out_stride_l, out_stride_d;
   int64_t table_stride_l, table_stride_d;
-  int64_t batch, seq_len, offset;
+  int64_t positions_stride_b, positions_stride_l;
+  int64_t batch, seq_len, offset, padding_idx;
   acc_t scale;
   PeSpec spec;  // d_model and the encoding
+
+  PE_HOST_DEVICE int64_t position(int64_t b, int64_t l) const {
+    return offset + (positions == nullptr ? l : positions[b * positions_stride_b + l * positions_stride_l]);
+  }
+  // Whether batch rows can have different positions (else one pe row serves the whole batch).
+  PE_HOST_DEVICE bool positions_per_row() const { return positions != nullptr && positions_stride_b != 0; }
 };
 
 // How the grid covers (batch, seq_len, d_model). A thread owns a chunk of `vec` columns, computes its frequencies
@@ -114,6 +124,31 @@ PE_HOST_DEVICE void pe_values(const PeSpec& s, int64_t pos, Wave wave, const dou
   }
 }
 
+// alpha * pe at columns [col0, col0 + W) of position pos: read from the table or computed from freqs.
+template <int W, typename scalar_t, typename table_t>
+PE_HOST_DEVICE void span_pe(const AddPeArgs<scalar_t, table_t>& a, int64_t pos, int64_t col0, Wave wave,
+                            const double (&freqs)[W], acc_type<scalar_t> (&pe)[W]) {
+  using acc_t = acc_type<scalar_t>;
+  if (pos == a.padding_idx) {
+#pragma unroll
+    for (int k = 0; k < W; ++k) pe[k] = acc_t(0);
+    return;
+  }
+  if (a.table == nullptr) {
+    pe_values<W>(a.spec, pos, wave, freqs, pe);
+  } else {
+    table_t loaded[W];
+    load_span<W>(a.table + pos * a.table_stride_l + col0 * a.table_stride_d, loaded);
+#pragma unroll
+    for (int k = 0; k < W; ++k) pe[k] = static_cast<acc_t>(loaded[k]);
+  }
+  if (a.alpha != nullptr) {
+    const acc_t alpha = *a.alpha;
+#pragma unroll
+    for (int k = 0; k < W; ++k) pe[k] *= alpha;
+  }
+}
+
 // The columns [col0, col0 + W) of every position this thread visits, for batch rows [batch_begin, batch_end).
 // W > 1 moves 16 bytes per access (the host checked alignment and unit column strides); W == 1 goes element-wise.
 template <int W, typename scalar_t, typename table_t>
@@ -128,17 +163,12 @@ PE_HOST_DEVICE void add_pe_span(const AddPeArgs<scalar_t, table_t>& a, int64_t c
 #pragma unroll
     for (int m = 0; m < W; ++m) freqs[m] = m < count ? frequency(a.spec, first_freq + m) : 0.0;
   }
+  const bool per_row = a.positions_per_row();
   for (int64_t l = first_l; l < a.seq_len; l += l_step) {
     acc_t pe[W];
-    if (a.table == nullptr) {
-      pe_values<W>(a.spec, a.offset + l, wave, freqs, pe);
-    } else {
-      table_t loaded[W];
-      load_span<W>(a.table + (a.offset + l) * a.table_stride_l + col0 * a.table_stride_d, loaded);
-#pragma unroll
-      for (int k = 0; k < W; ++k) pe[k] = static_cast<acc_t>(loaded[k]);
-    }
+    if (!per_row) span_pe<W>(a, a.position(batch_begin, l), col0, wave, freqs, pe);
     for (int64_t b = batch_begin; b < batch_end; ++b) {
+      if (per_row) span_pe<W>(a, a.position(b, l), col0, wave, freqs, pe);
       scalar_t values[W];
       if (a.x != nullptr) {
         load_span<W>(a.x + b * a.x_stride_b + l * a.x_stride_l + col0 * a.x_stride_d, values);

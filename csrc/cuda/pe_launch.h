@@ -50,6 +50,13 @@ AddPeArgs<scalar_t, table_t> make_args(const AddPeProblem& p) {
     a.table_stride_l = p.table.stride(0);
     a.table_stride_d = p.table.stride(1);
   }
+  if (p.positions.defined()) {
+    a.positions = p.positions.const_data_ptr<int64_t>();
+    a.positions_stride_b = p.positions.stride(0);
+    a.positions_stride_l = p.positions.stride(1);
+  }
+  if (p.alpha.defined()) a.alpha = p.alpha.const_data_ptr<acc_type<scalar_t>>();
+  a.padding_idx = p.padding_idx;
   a.batch = p.batch();
   a.seq_len = p.seq_len();
   a.offset = p.offset;
