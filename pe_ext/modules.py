@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -26,6 +27,8 @@ class PositionalEncoding(nn.Module):
         batch_first: x is (batch, seq_len, d_model) if True, (seq_len, batch, d_model) if False; a 2-D x is
             (seq_len, d_model) either way.
         scale: factor on x (e.g. math.sqrt(d_model)).
+        grow: with a table, a sequence that needs more than max_len positions grows the table (to twice as many
+            rows, or as many as needed), keeping its dtype and device, as ESPnet does; else it is an error.
         base: the frequency base, 10000 in the paper.
         device: where the table is built.
         encoding: the other encoding keywords of pe_ext.ops (layout, frequencies, min_timescale, max_timescale,
@@ -35,7 +38,7 @@ class PositionalEncoding(nn.Module):
     pe: Tensor | None
 
     def __init__(self, d_model: int, max_len: int = 5000, dropout: float = 0.0, *, buffer: BufferMode = "persistent",
-                 batch_first: bool = True, scale: float = 1.0, base: float = ops.DEFAULT_BASE,
+                 batch_first: bool = True, scale: float = 1.0, grow: bool = False, base: float = ops.DEFAULT_BASE,
                  device: torch.device | str | None = None, **encoding) -> None:
         super().__init__()
         if d_model <= 0:
@@ -47,12 +50,13 @@ class PositionalEncoding(nn.Module):
         if buffer not in _BUFFER_MODES:
             raise ValueError(f"pe_ext: buffer must be one of {_BUFFER_MODES}, got {buffer!r}")
         self.d_model, self.max_len, self.buffer_mode = d_model, max_len, buffer
-        self.batch_first, self.scale = batch_first, scale
+        self.batch_first, self.scale, self.grow = batch_first, scale, grow
         self.encoding = {"base": base, **encoding}
         ops.sinusoidal_table(0, d_model, **self.encoding)  # checks the encoding now, also with buffer="none"
         self.dropout = nn.Dropout(dropout)
         table = None if buffer == "none" else self._build_table(device, torch.float32)
         self.register_buffer("pe", table, persistent=buffer == "persistent")
+        self.register_parameter("alpha", None)  # a learnable factor on pe in ScaledPositionalEncoding
 
     def _build_table(self, device, dtype: torch.dtype) -> Tensor:
         return ops.sinusoidal_table(self.max_len, self.d_model, dtype=dtype, device=device, **self.encoding).unsqueeze(0)
@@ -64,21 +68,68 @@ class PositionalEncoding(nn.Module):
         if self.pe is not None:
             self.pe.copy_(self._build_table(self.pe.device, self.pe.dtype))
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        """x plus the encoding of positions offset, offset + 1, ...; offset serves incremental decoding."""
-        if self.pe is not None:
+    def forward(self, x: Tensor, offset: int = 0, *, positions: Tensor | None = None,
+                start_positions: Tensor | None = None) -> Tensor:
+        """x plus the encoding of positions offset, offset + 1, ... (offset serves incremental decoding), or of
+        offset + positions (ids shaped like x without d_model), or of offset + start_positions[b] + l."""
+        if self.pe is not None and positions is None and start_positions is None:
             seq_len = x.shape[1 if x.dim() == 3 and self.batch_first else 0]
             if offset + seq_len > self.max_len:
-                raise ValueError(
-                    f"pe_ext: sequence of length {seq_len} at offset {offset} needs {offset + seq_len} positions, "
-                    f"more than max_len={self.max_len}; build the module with a larger max_len or buffer='none'"
-                )
+                if not self.grow:
+                    raise ValueError(
+                        f"pe_ext: sequence of length {seq_len} at offset {offset} needs {offset + seq_len} positions, "
+                        f"more than max_len={self.max_len}; build the module with a larger max_len, grow=True or "
+                        "buffer='none'")
+                self._grow_table(offset + seq_len)
         out = ops.add_sinusoidal_pe(x, self.pe, offset=offset, scale=self.scale, batch_first=self.batch_first,
-                                    **self.encoding)
+                                    alpha=1.0 if self.alpha is None else self.alpha, positions=positions,
+                                    start_positions=start_positions, **self.encoding)
         # nn.Dropout costs a call even when it does nothing; decoding steps are dominated by such overheads.
         return self.dropout(out) if self.training and self.dropout.p > 0 else out
+
+    def _grow_table(self, needed: int) -> None:
+        self.max_len = max(needed, 2 * self.max_len)
+        self.pe = self._build_table(self.pe.device, self.pe.dtype)  # still the registered buffer, same persistence
 
     def extra_repr(self) -> str:
         encoding = ", ".join(f"{k}={v!r}" for k, v in self.encoding.items())
         return (f"d_model={self.d_model}, max_len={self.max_len}, buffer={self.buffer_mode!r}, "
-                f"batch_first={self.batch_first}, scale={self.scale}, {encoding}")
+                f"batch_first={self.batch_first}, scale={self.scale}, grow={self.grow}, {encoding}")
+
+
+class ScaledPositionalEncoding(PositionalEncoding):
+    """ESPnet's ScaledPositionalEncoding: x * sqrt(d_model) + alpha * pe, with alpha a learnable scalar (initial
+    value `alpha`), dropout after the sum; the table grows on demand as ESPnet's does. Other arguments as
+    PositionalEncoding's."""
+
+    def __init__(self, d_model: int, max_len: int = 5000, dropout: float = 0.0, *, alpha: float = 1.0,
+                 grow: bool = True, **kwargs) -> None:
+        super().__init__(d_model, max_len, dropout, scale=math.sqrt(d_model), grow=grow, **kwargs)
+        self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+        self.initial_alpha = float(alpha)
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.alpha.fill_(self.initial_alpha)
+
+
+class SinusoidalPositionalEmbedding(nn.Module):
+    """fairseq's SinusoidalPositionalEmbedding: forward(tokens) returns (batch, seq_len, embedding_dim) embeddings
+    of make_positions(tokens, padding_idx) (padding tokens: a zero embedding), with fairseq's timescale frequencies
+    and concatenated layout. Computed by one kernel, with no table and no length limit."""
+
+    def __init__(self, embedding_dim: int, padding_idx: int, **encoding) -> None:
+        super().__init__()
+        if embedding_dim <= 0:
+            raise ValueError(f"pe_ext: embedding_dim must be > 0, got {embedding_dim}")
+        self.embedding_dim, self.padding_idx = embedding_dim, padding_idx
+        self.encoding = {"frequencies": "timescales", "layout": "concatenated", **encoding}
+        # Follows .to(device) and .half() as fairseq's buffer of the same name does; it holds no data.
+        self.register_buffer("_float_tensor", torch.empty(0), persistent=False)
+
+    def forward(self, tokens: Tensor, positions: Tensor | None = None) -> Tensor:
+        if positions is None:
+            positions = ops.make_positions(tokens, self.padding_idx)
+        return ops.sinusoidal_embedding(positions.to(self._float_tensor.device), self.embedding_dim,
+                                        padding_idx=self.padding_idx, dtype=self._float_tensor.dtype,
+                                        **self.encoding)

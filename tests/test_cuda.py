@@ -108,3 +108,28 @@ def test_cuda_precise_angle(start):
     x = torch.zeros(2, 1024, 256, device="cuda")
     out = pe_ext.add_sinusoidal_pe(x, offset=start, precise_angle=True)[0].cpu().double()
     assert (out - oracle_encoding(torch.arange(start, start + 1024), 256)).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("mode", ["on_the_fly", "table"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("ids_kind", ["per_row", "shared"])
+def test_cuda_positions_padding_alpha(mode, dtype, ids_kind):
+    x = torch.randn(8, 64, 128).to(dtype)
+    ids = torch.randint(0, 200, (8, 64) if ids_kind == "per_row" else (64,))
+    table = pe_ext.sinusoidal_table(210, 128) if mode == "table" else None
+    alpha = torch.tensor(0.6)
+    kwargs = {"positions": ids, "padding_idx": 7, "alpha": alpha, "offset": 3, "scale": 1.25}
+    cpu = pe_ext.add_sinusoidal_pe(x, table, **kwargs)
+    cuda_kwargs = {**kwargs, "positions": ids.cuda(), "alpha": alpha.cuda()}
+    cuda = pe_ext.add_sinusoidal_pe(x.cuda(), None if table is None else table.cuda(), **cuda_kwargs).cpu()
+    atol, rtol = tolerance(dtype, 210, 6.0)
+    torch.testing.assert_close(cuda.double(), cpu.double(), atol=atol, rtol=rtol)
+
+
+def test_cuda_gradients_of_table_and_alpha():
+    x = torch.randn(3, 5, 6, dtype=torch.float64, device="cuda", requires_grad=True)
+    table = pe_ext.sinusoidal_table(12, 6, dtype=torch.float64, device="cuda").requires_grad_()
+    alpha = torch.tensor(0.8, dtype=torch.float64, device="cuda", requires_grad=True)
+    ids = torch.tensor([[2, 2, 0, 9, 1], [1, 3, 4, 5, 6], [0, 0, 0, 1, 1]], device="cuda")
+    assert torch.autograd.gradcheck(lambda x, t, a: pe_ext.add_sinusoidal_pe(
+        x, t, scale=1.5, alpha=a, positions=ids, padding_idx=3), (x, table, alpha))
