@@ -4,6 +4,7 @@
 //   d/dx     = scale
 //   d/dtable = alpha at each used row (position != padding_idx), summed over the elements that use it
 //   d/dalpha = sum(grad * pe(position)), pe recomputed by the forward op itself
+// with grad first multiplied by the dropout mask / (1 - dropout), which the forward op regenerates from its seed.
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -17,7 +18,7 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-constexpr size_t kNumArguments = 14;  // of add_pe's schema
+constexpr size_t kNumArguments = 16;  // of add_pe's schema
 constexpr size_t kTableArgument = 1, kAlphaArgument = 13;
 
 at::Tensor call_add_pe(const at::Tensor& x, const std::optional<at::Tensor>& table, int64_t offset, double scale,
@@ -27,9 +28,9 @@ at::Tensor call_add_pe(const at::Tensor& x, const std::optional<at::Tensor>& tab
                              .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, int64_t, double,
                                                int64_t, double, c10::string_view, c10::string_view, double, double,
                                                bool, const std::optional<at::Tensor>&, int64_t,
-                                               const std::optional<at::Tensor>&)>();
+                                               const std::optional<at::Tensor>&, double, int64_t)>();
   return op.call(x, table, offset, scale, seq_dim, base, layout, frequencies, min_timescale, max_timescale,
-                 precise_angle, positions, padding_idx, alpha);
+                 precise_angle, positions, padding_idx, alpha, dropout, seed);
 }
 
 class AddPe : public torch::autograd::Function<AddPe> {
@@ -47,17 +48,19 @@ class AddPe : public torch::autograd::Function<AddPe> {
     saved["min_timescale"] = min_timescale;
     saved["max_timescale"] = max_timescale;
     saved["precise_angle"] = precise_angle;
+    saved["dropout"] = dropout;
+    saved["seed"] = seed;
     if (positions.has_value() && positions->defined()) saved["positions"] = *positions;
     if (table.has_value() && table->defined()) saved["table"] = table->detach();
     if (alpha.has_value() && alpha->defined()) saved["alpha"] = alpha->detach();
     at::AutoDispatchBelowADInplaceOrView guard;
     return call_add_pe(x, table, offset, scale, seq_dim, base, layout, frequencies, min_timescale, max_timescale,
-                       precise_angle, positions, padding_idx, alpha);
+                       precise_angle, positions, padding_idx, alpha, dropout, seed);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const at::Tensor& grad = grads[0];
     auto& saved = ctx->saved_data;
+    at::Tensor grad = grads[0];
     const auto optional_saved = [&](const char* key) {
       return saved.count(key) > 0 ? std::optional<at::Tensor>(saved[key].toTensor()) : std::nullopt;
     };
@@ -65,6 +68,17 @@ class AddPe : public torch::autograd::Function<AddPe> {
                                     positions = optional_saved("positions");
     const int64_t offset = saved["offset"].toInt(), padding_idx = saved["padding_idx"].toInt();
     const int64_t seq_dim = saved["seq_dim"].toInt();
+    const double dropout = saved["dropout"].toDouble();
+    if (dropout > 0) {
+      // grad * mask / (1 - dropout): the forward op on grad with alpha 0 regenerates the same mask.
+      grad = call_add_pe(grad, std::nullopt, offset, 1.0, seq_dim, saved["base"].toDouble(),
+                         saved["layout"].toStringRef(), saved["frequencies"].toStringRef(),
+                         saved["min_timescale"].toDouble(), saved["max_timescale"].toDouble(),
+                         saved["precise_angle"].toBool(), positions, padding_idx,
+                         at::zeros({}, grad.options().dtype(grad.scalar_type() == at::kDouble ? at::kDouble
+                                                                                             : at::kFloat)),
+                         dropout, saved["seed"].toInt());
+    }
     variable_list result(kNumArguments);
     result[0] = grad.mul(saved["scale"].toDouble());
 
@@ -95,7 +109,7 @@ class AddPe : public torch::autograd::Function<AddPe> {
       const at::Tensor pe = call_add_pe(at::zeros_like(grad), table, offset, 0.0, seq_dim, saved["base"].toDouble(),
                                         saved["layout"].toStringRef(), saved["frequencies"].toStringRef(),
                                         saved["min_timescale"].toDouble(), saved["max_timescale"].toDouble(),
-                                        saved["precise_angle"].toBool(), positions, padding_idx, std::nullopt);
+                                        saved["precise_angle"].toBool(), positions, padding_idx, std::nullopt, 0.0, 0);
       const auto acc = alpha->scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
       result[kAlphaArgument] =
           grad.to(acc).mul(pe.to(acc)).sum().reshape(alpha->sizes()).to(alpha->scalar_type());
@@ -107,7 +121,7 @@ class AddPe : public torch::autograd::Function<AddPe> {
 at::Tensor add_pe_autograd(const at::Tensor& x, const std::optional<at::Tensor>& table, int64_t offset, double scale,
                            int64_t seq_dim, PE_KEYWORD_PARAMS) {
   return AddPe::apply(x, table, offset, scale, seq_dim, base, layout, frequencies, min_timescale, max_timescale,
-                      precise_angle, positions, padding_idx, alpha);
+                      precise_angle, positions, padding_idx, alpha, dropout, seed);
 }
 
 }  // namespace

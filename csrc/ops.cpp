@@ -51,6 +51,9 @@ template <typename ToBatchFirst>
 int64_t attach_keywords(AddPeProblem& p, const KeywordArgs& k, const at::Tensor& like, ToBatchFirst to_batch_first) {
   TORCH_CHECK_VALUE(k.padding_idx >= -1, "pe_ext: padding_idx must be >= 0, or -1 for none; got ", k.padding_idx);
   p.padding_idx = k.padding_idx;
+  TORCH_CHECK_VALUE(k.dropout >= 0 && k.dropout < 1, "pe_ext: dropout must be in [0, 1), got ", k.dropout);
+  p.dropout = k.dropout;
+  p.seed = static_cast<uint64_t>(k.seed);
   if (k.alpha.has_value() && k.alpha->defined()) {
     const at::Tensor& alpha = *k.alpha;
     TORCH_CHECK_VALUE(alpha.numel() == 1, "pe_ext: alpha must hold one value (a 0-dim tensor), got shape ",
@@ -180,10 +183,12 @@ AddPeProblem prepare_fill_table(const at::Tensor& out, int64_t offset, const Key
 //                      position of an element is offset + its id (default: offset + its index along seq_dim)
 //   padding_idx        the position whose pe is zero (fairseq's padding), -1 for none
 //   alpha              a 0-dim tensor multiplying pe (ESPnet's learnable alpha), None for 1
+//   dropout, seed      fused dropout of the result: the mask is a function of (seed, element), so backward
+//                      recomputes it and CPU and CUDA agree
 #define PE_KEYWORD_SCHEMA                                                                                     \
   "float base=10000.0, str layout=\"interleaved\", str frequencies=\"paper\", float min_timescale=1.0, " \
   "float max_timescale=10000.0, bool precise_angle=False, Tensor? positions=None, int padding_idx=-1, "    \
-  "Tensor? alpha=None"
+  "Tensor? alpha=None, float dropout=0.0, int seed=0"
 
 TORCH_LIBRARY(pe_ext, m) {
   // out = x * scale + pe(offset + l) along dimension seq_dim of x; pe read from table when given, else computed.

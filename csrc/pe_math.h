@@ -130,4 +130,40 @@ PE_HOST_DEVICE void pe_row(const PeSpec& s, int64_t pos, const double* freqs, ac
   if (!interleaved && s.d_model % 2 == 1) values[s.d_model - 1] = acc_t(0);  // an odd concatenated row's padding
 }
 
+// --- Dropout: a counter-based mask, the same on every device and recomputable in backward instead of stored.
+// Element `index` (its logical position (b * seq_len + l) * d_model + col) is kept when its uniform number
+// u = bits / 2^24 >= p, bits being the top 24 bits of word index % 4 of Philox4x32-10(counter = index / 4, key = seed).
+
+struct PhiloxWords {
+  uint32_t w[4];
+};
+
+PE_HOST_DEVICE uint32_t mul_hi32(uint32_t a, uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __umulhi(a, b);
+#else
+  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
+#endif
+}
+
+PE_HOST_DEVICE PhiloxWords philox4x32_10(uint64_t counter, uint64_t seed) {
+  uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = 0, c3 = 0;
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    const uint32_t hi0 = mul_hi32(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
+    const uint32_t hi1 = mul_hi32(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
+    c0 = hi1 ^ c1 ^ k0;
+    c1 = lo1;
+    c2 = hi0 ^ c3 ^ k1;
+    c3 = lo0;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return PhiloxWords{{c0, c1, c2, c3}};
+}
+
+PE_HOST_DEVICE bool dropout_keeps(const PhiloxWords& words, uint64_t index, double p) {
+  return static_cast<double>(words.w[index % 4] >> 8) * (1.0 / 16777216.0) >= p;
+}
+
 }  // namespace pe_ext

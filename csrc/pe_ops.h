@@ -21,10 +21,13 @@ struct KeywordArgs {
   const c10::optional<at::Tensor>& positions;  // explicit position ids, or none: offset + l
   int64_t padding_idx;                         // this position gets a zero pe; -1: none
   const c10::optional<at::Tensor>& alpha;      // 0-dim factor on pe, or none: 1
+  double dropout;                              // probability of zeroing an element of the result
+  int64_t seed;                                // the dropout mask's Philox key
 };
 
 // One call, checked and seen batch-first: out[b, l, :] = x[b, l, :] * scale + alpha * pe(position(b, l), :), with
-// position(b, l) = offset + (positions[b, l] if given, else l), and pe(padding_idx, :) = 0.
+// position(b, l) = offset + (positions[b, l] if given, else l), and pe(padding_idx, :) = 0; then, with dropout > 0,
+// each element is zeroed with probability dropout (pe_math.h's Philox mask) or scaled by 1 / (1 - dropout).
 // x is undefined when building a table (x taken as 0); table is undefined when pe is computed on the fly.
 struct AddPeProblem {
   at::Tensor x;          // [batch, seq_len, d_model], any strides, or undefined
@@ -35,6 +38,8 @@ struct AddPeProblem {
   int64_t offset = 0;
   int64_t padding_idx = -1;
   double scale = 1.0;
+  double dropout = 0.0;
+  uint64_t seed = 0;
   PeSpec spec;
 
   int64_t batch() const { return out.size(0); }
@@ -57,10 +62,11 @@ using ProblemKernel = void (*)(const AddPeProblem&);
 #define PE_KEYWORD_PARAMS                                                                                      \
   double base, c10::string_view layout, c10::string_view frequencies, double min_timescale, double max_timescale, \
       bool precise_angle, const c10::optional<at::Tensor>&positions, int64_t padding_idx,                       \
-      const c10::optional<at::Tensor>&alpha
+      const c10::optional<at::Tensor>&alpha, double dropout, int64_t seed
 #define PE_KEYWORD_ARGS                                                                                     \
   KeywordArgs {                                                                                            \
-    base, layout, frequencies, min_timescale, max_timescale, precise_angle, positions, padding_idx, alpha \
+    base, layout, frequencies, min_timescale, max_timescale, precise_angle, positions, padding_idx, alpha, \
+        dropout, seed                                                                                    \
   }
 
 template <ProblemKernel kernel>

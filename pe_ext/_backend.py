@@ -15,7 +15,7 @@ from . import reference
 # test checks that they match the compiled ones.
 _ENCODING = ('float base=10000.0, str layout="interleaved", str frequencies="paper", float min_timescale=1.0, '
              'float max_timescale=10000.0, bool precise_angle=False, Tensor? positions=None, int padding_idx=-1, '
-             'Tensor? alpha=None')
+             'Tensor? alpha=None, float dropout=0.0, int seed=0')
 SCHEMAS = {
     "add_pe": f"add_pe(Tensor x, Tensor? table=None, int offset=0, float scale=1.0, int seq_dim=1, *, {_ENCODING}) "
     "-> Tensor",

@@ -20,7 +20,8 @@ class PositionalEncoding(nn.Module):
     Args:
         d_model: width of x's last dimension.
         max_len: rows of the precomputed table (the longest offset + seq_len with a table).
-        dropout: probability of the nn.Dropout applied to the sum (0 keeps the classic module's behaviour).
+        dropout: probability of dropout applied to the sum in training mode, fused into the same pass (0 keeps the
+            classic module's behaviour).
         buffer: "persistent" (default) keeps the table `pe`, shape (1, max_len, d_model), float32, in state_dict,
             so checkpoints load both ways with the classic module; "non_persistent" keeps it out of state_dict
             (still moved by .to()); "none" keeps no table: pe is computed on the fly, with no length limit.
@@ -81,11 +82,11 @@ class PositionalEncoding(nn.Module):
                         f"more than max_len={self.max_len}; build the module with a larger max_len, grow=True or "
                         "buffer='none'")
                 self._grow_table(offset + seq_len)
-        out = ops.add_sinusoidal_pe(x, self.pe, offset=offset, scale=self.scale, batch_first=self.batch_first,
-                                    alpha=1.0 if self.alpha is None else self.alpha, positions=positions,
-                                    start_positions=start_positions, **self.encoding)
-        # nn.Dropout costs a call even when it does nothing; decoding steps are dominated by such overheads.
-        return self.dropout(out) if self.training and self.dropout.p > 0 else out
+        # Dropout is fused into the add; self.dropout (an nn.Dropout, as in the tutorial module) holds p.
+        return ops.add_sinusoidal_pe(x, self.pe, offset=offset, scale=self.scale, batch_first=self.batch_first,
+                                     alpha=1.0 if self.alpha is None else self.alpha, positions=positions,
+                                     start_positions=start_positions, dropout=self.dropout.p if self.training else 0.0,
+                                     **self.encoding)
 
     def _grow_table(self, needed: int) -> None:
         self.max_len = max(needed, 2 * self.max_len)

@@ -43,9 +43,18 @@ def _position_keywords(x: Tensor, seq_dim: int, alpha: float | Tensor, positions
     return {"positions": positions, "padding_idx": padding_idx, "alpha": alpha}
 
 
+def _dropout_keywords(dropout: float, generator: torch.Generator | None) -> dict:
+    """The ops' dropout keywords. The seed comes from torch's CPU generator whatever the device, so the same
+    torch.manual_seed gives the same mask on CPU and on CUDA."""
+    if dropout == 0:
+        return {}
+    return {"dropout": dropout, "seed": int(torch.randint(0, 2**63 - 1, (), generator=generator))}
+
+
 def add_sinusoidal_pe(x: Tensor, table: Tensor | None = None, *, offset: int = 0, scale: float = 1.0,
                       alpha: float | Tensor = 1.0, positions: Tensor | None = None,
-                      start_positions: Tensor | None = None, padding_idx: int = -1, batch_first: bool = True,
+                      start_positions: Tensor | None = None, padding_idx: int = -1, dropout: float = 0.0,
+                      generator: torch.Generator | None = None, batch_first: bool = True,
                       out: Tensor | None = None, **encoding) -> Tensor:
     """x * scale + alpha * pe(position) for every element of x, in one pass; the result keeps x's dtype.
 
@@ -53,12 +62,15 @@ def add_sinusoidal_pe(x: Tensor, table: Tensor | None = None, *, offset: int = 0
     Positions are offset + l along the sequence, or offset + positions (int ids shaped like x without d_model, or
     (seq_len,)), or offset + start_positions[b] + l (start_positions: (batch,), e.g. left-padded batches or a KV
     cache); pe(padding_idx) is zero. alpha is a number or a 0-dim tensor, learnable (its gradient is computed).
+    dropout > 0 zeroes each element of the sum with that probability in the same pass (a Philox mask seeded from
+    torch's generator; backward regenerates it), as nn.Dropout in training mode would.
     pe rows are read from `table` ((rows, d_model) or the module's (1, rows, d_model); float32 or x's dtype) when
     given, else computed on the fly with no length limit. `out`, if given, is written and returned (no autograd,
     as with torch's out= arguments).
     """
     seq_dim = _seq_dim(x, batch_first)
-    keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx), **encoding}
+    keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx),
+                **_dropout_keywords(dropout, generator), **encoding}
     if out is None:
         return torch.ops.pe_ext.add_pe.default(x, table, offset, scale, seq_dim, **keywords)
     _refuse_autograd("add_sinusoidal_pe(..., out=)", x, table, keywords["alpha"])

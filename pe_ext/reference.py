@@ -156,7 +156,42 @@ def _add_pe_values(x: Tensor, table: Tensor | None, offset: int, scale: float, s
         pe = torch.where((flat == keywords["padding_idx"])[:, None], torch.zeros_like(pe), pe)
     if alpha is not None:
         pe = pe * alpha.to(acc)
-    return (x.to(acc) * scale + pe.reshape(*shape, d_model)).to(x.dtype)
+    out = x.to(acc) * scale + pe.reshape(*shape, d_model)
+    dropout = keywords["dropout"]
+    if not 0 <= dropout < 1:
+        raise ValueError(f"pe_ext: dropout must be in [0, 1), got {dropout}")
+    if dropout > 0:
+        # Logical index (b * seq_len + l) * d_model + col of every element, laid out like x.
+        batch_first_shape = (1 if x.dim() == 2 else x.shape[1 - dim], seq_len, d_model)
+        index = torch.arange(math.prod(batch_first_shape), device=x.device).reshape(batch_first_shape)
+        index = index[0] if x.dim() == 2 else (index if dim == 1 else index.transpose(0, 1))
+        keep = dropout_keeps(index, dropout, keywords["seed"])
+        out = torch.where(keep, out * (1.0 / (1.0 - dropout)), torch.zeros((), dtype=acc, device=x.device))
+    return out.to(x.dtype)
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def philox4x32_10(counter: Tensor, seed: int) -> list[Tensor]:
+    """Philox4x32-10 of (counter, 0) under key seed, in int64 tensors holding uint32 values (csrc/pe_math.h)."""
+    c = [counter & _MASK32, (counter >> 32) & _MASK32, torch.zeros_like(counter), torch.zeros_like(counter)]
+    seed &= 2**64 - 1
+    k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
+    for _ in range(10):
+        p0, p1 = c[0] * 0xD2511F53, c[2] * 0xCD9E8D57  # wraps in int64, whose low 64 bits stay exact
+        hi0, lo0 = (p0 >> 32) & _MASK32, p0 & _MASK32
+        hi1, lo1 = (p1 >> 32) & _MASK32, p1 & _MASK32
+        c = [hi1 ^ c[1] ^ k0, lo1, hi0 ^ c[3] ^ k1, lo0]
+        k0, k1 = (k0 + 0x9E3779B9) & _MASK32, (k1 + 0xBB67AE85) & _MASK32
+    return c
+
+
+def dropout_keeps(index: Tensor, p: float, seed: int) -> Tensor:
+    """Whether each element (by logical index) survives dropout with probability p under `seed`."""
+    words = torch.stack(philox4x32_10(index // 4, seed))
+    bits = words.gather(0, (index % 4).unsqueeze(0)).squeeze(0)
+    return (bits >> 8).double() * (1.0 / 16777216.0) >= p
 
 
 def _checked_alpha(alpha: Tensor | None, like: Tensor) -> Tensor | None:
@@ -250,8 +285,9 @@ def fill_table_(out: Tensor, offset: int = 0, **keywords) -> None:
 
 def _keywords(base: float = 10000.0, layout: str = "interleaved", frequencies: str = "paper",
               min_timescale: float = 1.0, max_timescale: float = 10000.0, precise_angle: bool = False,
-              positions: Tensor | None = None, padding_idx: int = -1, alpha: Tensor | None = None) -> dict:
+              positions: Tensor | None = None, padding_idx: int = -1, alpha: Tensor | None = None,
+              dropout: float = 0.0, seed: int = 0) -> dict:
     """The keywords with their defaults filled in."""
     return dict(base=base, layout=layout, frequencies=frequencies, min_timescale=min_timescale,
                 max_timescale=max_timescale, precise_angle=precise_angle, positions=positions,
-                padding_idx=padding_idx, alpha=alpha)
+                padding_idx=padding_idx, alpha=alpha, dropout=dropout, seed=seed)

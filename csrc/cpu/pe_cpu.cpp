@@ -97,6 +97,20 @@ void add_row_strided(const scalar_t* x, int64_t x_stride, const acc_t* pe, acc_t
   }
 }
 
+// With dropout: element j has logical index first_index + j; one Philox call serves 4 consecutive indices.
+template <typename scalar_t, typename acc_t>
+void add_row_dropout(const scalar_t* x, int64_t x_stride, const acc_t* pe, acc_t scale, scalar_t* out,
+                     int64_t out_stride, int64_t n, uint64_t first_index, double p, uint64_t seed) {
+  const acc_t keep_scale = static_cast<acc_t>(1.0 / (1.0 - p));
+  PhiloxWords words = philox4x32_10(first_index / 4, seed);
+  for (int64_t j = 0; j < n; ++j) {
+    const uint64_t index = first_index + static_cast<uint64_t>(j);
+    if (j > 0 && index % 4 == 0) words = philox4x32_10(index / 4, seed);
+    const acc_t value = x == nullptr ? pe[j] : static_cast<acc_t>(x[j * x_stride]) * scale + pe[j];
+    out[j * out_stride] = static_cast<scalar_t>(dropout_keeps(words, index, p) ? value * keep_scale : acc_t(0));
+  }
+}
+
 // --- The kernel.
 
 template <typename scalar_t, typename table_t>
@@ -130,7 +144,7 @@ void add_pe_typed(const AddPeProblem& p) {
     for (size_t i = 0; i < freqs.size(); ++i) freqs[i] = frequency(p.spec, static_cast<int64_t>(i));
   }
   auto fill_row = [&](int64_t pos, acc_t* row) {
-    if (pos == p.padding_idx) {
+    if (pos == p.padding_idx || alpha == acc_t(0)) {  // alpha 0: backward's dropout-mask pass needs no pe
       std::fill(row, row + d_model, acc_t(0));
       return;
     }
@@ -173,7 +187,10 @@ void add_pe_typed(const AddPeProblem& p) {
                                                  : reinterpret_cast<const acc_t*>(table) + pos * ts_l;
         scalar_t* dst = out + b * os_b + l * os_l;
         const scalar_t* src = has_x ? x + b * xs_b + l * xs_l : nullptr;
-        if (contiguous_rows) {
+        if (p.dropout > 0) {
+          add_row_dropout(src, xs_d, pe, scale, dst, os_d, d_model, static_cast<uint64_t>((b * seq_len + l) * d_model),
+                          p.dropout, p.seed);
+        } else if (contiguous_rows) {
           add_row(src, pe, scale, dst, d_model);
         } else {
           add_row_strided(src, xs_d, pe, scale, dst, os_d, d_model);

@@ -12,10 +12,10 @@
 namespace pe_ext::cuda_kernel {
 namespace {
 
-template <int VEC, typename scalar_t, typename table_t>
+template <int VEC, bool kExtras, typename scalar_t, typename table_t>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     add_pe_kernel(const AddPeArgs<scalar_t, table_t> args, const LaunchConfig config) {
-  add_pe_thread<VEC>(args, config, blockIdx.x, blockIdx.y, threadIdx.x, threadIdx.y);
+  add_pe_thread<VEC, kExtras>(args, config, blockIdx.x, blockIdx.y, threadIdx.x, threadIdx.y);
 }
 
 int multiprocessor_count(int device) {
@@ -28,12 +28,13 @@ void add_pe_cuda(const AddPeProblem& p) {
   if (p.out.numel() == 0) return;
   const c10::cuda::CUDAGuard device_guard(p.out.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  dispatch_add_pe(p, multiprocessor_count(p.out.get_device()), [&](auto vec_tag, const auto& args,
+  dispatch_add_pe(p, multiprocessor_count(p.out.get_device()), [&](auto vec_tag, auto extras_tag, const auto& args,
                                                                     const LaunchConfig& config) {
     constexpr int kVec = decltype(vec_tag)::value;
+    constexpr bool kExtras = decltype(extras_tag)::value;
     const dim3 grid(static_cast<unsigned>(config.blocks_x), static_cast<unsigned>(config.blocks_y));
     const dim3 block(config.threads_x, config.threads_y);
-    add_pe_kernel<kVec><<<grid, block, 0, stream>>>(args, config);
+    add_pe_kernel<kVec, kExtras><<<grid, block, 0, stream>>>(args, config);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -64,6 +64,8 @@ struct AddPeArgs {
   int64_t positions_stride_b, positions_stride_l;
   int64_t batch, seq_len, offset, padding_idx;
   acc_t scale;
+  double dropout;  // probability of zeroing an element; 0: no dropout
+  uint64_t seed;
   PeSpec spec;  // d_model and the encoding
 
   PE_HOST_DEVICE int64_t position(int64_t b, int64_t l) const {
@@ -125,14 +127,18 @@ PE_HOST_DEVICE void pe_values(const PeSpec& s, int64_t pos, Wave wave, const dou
 }
 
 // alpha * pe at columns [col0, col0 + W) of position pos: read from the table or computed from freqs.
-template <int W, typename scalar_t, typename table_t>
+// kExtras: the launch uses positions, padding_idx, alpha or dropout. Launches without them (the common case) get
+// kernels without that code, which need far fewer registers.
+template <int W, bool kExtras, typename scalar_t, typename table_t>
 PE_HOST_DEVICE void span_pe(const AddPeArgs<scalar_t, table_t>& a, int64_t pos, int64_t col0, Wave wave,
                             const double (&freqs)[W], acc_type<scalar_t> (&pe)[W]) {
   using acc_t = acc_type<scalar_t>;
-  if (pos == a.padding_idx) {
+  if constexpr (kExtras) {
+    if (pos == a.padding_idx || (a.alpha != nullptr && *a.alpha == acc_t(0))) {  // alpha 0: backward's mask pass
 #pragma unroll
-    for (int k = 0; k < W; ++k) pe[k] = acc_t(0);
-    return;
+      for (int k = 0; k < W; ++k) pe[k] = acc_t(0);
+      return;
+    }
   }
   if (a.table == nullptr) {
     pe_values<W>(a.spec, pos, wave, freqs, pe);
@@ -142,16 +148,31 @@ PE_HOST_DEVICE void span_pe(const AddPeArgs<scalar_t, table_t>& a, int64_t pos, 
 #pragma unroll
     for (int k = 0; k < W; ++k) pe[k] = static_cast<acc_t>(loaded[k]);
   }
-  if (a.alpha != nullptr) {
+  if (kExtras && a.alpha != nullptr) {
     const acc_t alpha = *a.alpha;
 #pragma unroll
     for (int k = 0; k < W; ++k) pe[k] *= alpha;
   }
 }
 
+// Dropout of W consecutive elements, the first with logical index `first`: one Philox call per 4 indices.
+template <int W, typename scalar_t, typename table_t>
+PE_HOST_DEVICE void apply_dropout(const AddPeArgs<scalar_t, table_t>& a, int64_t first,
+                                  acc_type<scalar_t> (&values)[W]) {
+  using acc_t = acc_type<scalar_t>;
+  const acc_t keep_scale = static_cast<acc_t>(1.0 / (1.0 - a.dropout));
+  PhiloxWords words = philox4x32_10(static_cast<uint64_t>(first) / 4, a.seed);
+#pragma unroll
+  for (int k = 0; k < W; ++k) {
+    const uint64_t index = static_cast<uint64_t>(first + k);
+    if (k > 0 && index % 4 == 0) words = philox4x32_10(index / 4, a.seed);
+    values[k] = dropout_keeps(words, index, a.dropout) ? values[k] * keep_scale : acc_t(0);
+  }
+}
+
 // The columns [col0, col0 + W) of every position this thread visits, for batch rows [batch_begin, batch_end).
 // W > 1 moves 16 bytes per access (the host checked alignment and unit column strides); W == 1 goes element-wise.
-template <int W, typename scalar_t, typename table_t>
+template <int W, bool kExtras, typename scalar_t, typename table_t>
 PE_HOST_DEVICE void add_pe_span(const AddPeArgs<scalar_t, table_t>& a, int64_t col0, int64_t first_l, int64_t l_step,
                                 int64_t batch_begin, int64_t batch_end) {
   using acc_t = acc_type<scalar_t>;
@@ -163,28 +184,33 @@ PE_HOST_DEVICE void add_pe_span(const AddPeArgs<scalar_t, table_t>& a, int64_t c
 #pragma unroll
     for (int m = 0; m < W; ++m) freqs[m] = m < count ? frequency(a.spec, first_freq + m) : 0.0;
   }
-  const bool per_row = a.positions_per_row();
+  const bool per_row = kExtras && a.positions_per_row();
   for (int64_t l = first_l; l < a.seq_len; l += l_step) {
     acc_t pe[W];
-    if (!per_row) span_pe<W>(a, a.position(batch_begin, l), col0, wave, freqs, pe);
+    if (!per_row) span_pe<W, kExtras>(a, kExtras ? a.position(batch_begin, l) : a.offset + l, col0, wave, freqs, pe);
     for (int64_t b = batch_begin; b < batch_end; ++b) {
-      if (per_row) span_pe<W>(a, a.position(b, l), col0, wave, freqs, pe);
-      scalar_t values[W];
+      if (per_row) span_pe<W, kExtras>(a, a.position(b, l), col0, wave, freqs, pe);
+      acc_t sums[W];
       if (a.x != nullptr) {
-        load_span<W>(a.x + b * a.x_stride_b + l * a.x_stride_l + col0 * a.x_stride_d, values);
+        scalar_t loaded[W];
+        load_span<W>(a.x + b * a.x_stride_b + l * a.x_stride_l + col0 * a.x_stride_d, loaded);
 #pragma unroll
-        for (int k = 0; k < W; ++k) values[k] = static_cast<scalar_t>(static_cast<acc_t>(values[k]) * a.scale + pe[k]);
+        for (int k = 0; k < W; ++k) sums[k] = static_cast<acc_t>(loaded[k]) * a.scale + pe[k];
       } else {
 #pragma unroll
-        for (int k = 0; k < W; ++k) values[k] = static_cast<scalar_t>(pe[k]);
+        for (int k = 0; k < W; ++k) sums[k] = pe[k];
       }
+      if (kExtras && a.dropout > 0) apply_dropout<W>(a, (b * a.seq_len + l) * a.spec.d_model + col0, sums);
+      scalar_t values[W];
+#pragma unroll
+      for (int k = 0; k < W; ++k) values[k] = static_cast<scalar_t>(sums[k]);
       store_span<W>(a.out + b * a.out_stride_b + l * a.out_stride_l + col0 * a.out_stride_d, values);
     }
   }
 }
 
 // Everything thread (thread_x, thread_y) of block (block_x, block_y) does. VEC is the config's vec.
-template <int VEC, typename scalar_t, typename table_t>
+template <int VEC, bool kExtras, typename scalar_t, typename table_t>
 PE_HOST_DEVICE void add_pe_thread(const AddPeArgs<scalar_t, table_t>& a, const LaunchConfig& cfg, int64_t block_x,
                                   int64_t block_y, int thread_x, int thread_y) {
   const int64_t batch_begin = block_y * cfg.batch_per_block;
@@ -194,10 +220,10 @@ PE_HOST_DEVICE void add_pe_thread(const AddPeArgs<scalar_t, table_t>& a, const L
   for (int64_t chunk = thread_x; chunk < cfg.chunks; chunk += cfg.threads_x) {
     const int64_t col0 = chunk * VEC;
     if (col0 + VEC <= a.spec.d_model) {
-      add_pe_span<VEC>(a, col0, first_l, l_step, batch_begin, batch_end);
+      add_pe_span<VEC, kExtras>(a, col0, first_l, l_step, batch_begin, batch_end);
     } else {  // the row's tail, narrower than a vector: element by element
       for (int64_t col = col0; col < a.spec.d_model; ++col) {
-        add_pe_span<1>(a, col, first_l, l_step, batch_begin, batch_end);
+        add_pe_span<1, kExtras>(a, col, first_l, l_step, batch_begin, batch_end);
       }
     }
   }

@@ -57,6 +57,8 @@ AddPeArgs<scalar_t, table_t> make_args(const AddPeProblem& p) {
   }
   if (p.alpha.defined()) a.alpha = p.alpha.const_data_ptr<acc_type<scalar_t>>();
   a.padding_idx = p.padding_idx;
+  a.dropout = p.dropout;
+  a.seed = p.seed;
   a.batch = p.batch();
   a.seq_len = p.seq_len();
   a.offset = p.offset;
@@ -65,11 +67,19 @@ AddPeArgs<scalar_t, table_t> make_args(const AddPeProblem& p) {
   return a;
 }
 
-// Calls launch(std::integral_constant<int, VEC>, args, config) with the widest vector the data allows.
+// Calls launch(std::integral_constant<int, VEC>, std::bool_constant<kExtras>, args, config) with the widest vector
+// the data allows, and kExtras only when the call uses positions, padding_idx, alpha or dropout.
 template <typename Launch>
 void dispatch_add_pe(const AddPeProblem& p, int num_sms, Launch&& launch) {
+  const bool extras = p.positions.defined() || p.padding_idx >= 0 || p.alpha.defined() || p.dropout > 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.out.scalar_type(), "pe_ext_cuda_add_pe", [&] {
-    auto run = [&](auto table_tag) {
+    auto run = [&](auto table_tag, auto vec_tag, auto extras_tag) {
+      using table_t = typename decltype(table_tag)::type;
+      constexpr int kVec = decltype(vec_tag)::value;
+      launch(vec_tag, extras_tag, make_args<scalar_t, table_t>(p),
+             make_launch_config(p.batch(), p.seq_len(), p.d_model(), kVec, num_sms));
+    };
+    auto with_vec = [&](auto table_tag, auto extras_tag) {
       using table_t = typename decltype(table_tag)::type;
       constexpr int kVec = kMaxVec<scalar_t>;
       // A concatenated span must not cross the sin/cos boundary: chunks of kVec columns align with it.
@@ -77,19 +87,23 @@ void dispatch_add_pe(const AddPeProblem& p, int num_sms, Launch&& launch) {
       const bool vectorizable = layout_allows_vec && rows_allow_vec<scalar_t>(p.out, kVec) &&
                                 (!p.x.defined() || rows_allow_vec<scalar_t>(p.x, kVec)) &&
                                 (!p.table.defined() || rows_allow_vec<table_t>(p.table, kVec));
-      const auto args = make_args<scalar_t, table_t>(p);
       if (vectorizable) {
-        launch(std::integral_constant<int, kVec>{}, args,
-               make_launch_config(p.batch(), p.seq_len(), p.d_model(), kVec, num_sms));
+        run(table_tag, std::integral_constant<int, kVec>{}, extras_tag);
       } else {
-        launch(std::integral_constant<int, 1>{}, args,
-               make_launch_config(p.batch(), p.seq_len(), p.d_model(), 1, num_sms));
+        run(table_tag, std::integral_constant<int, 1>{}, extras_tag);
+      }
+    };
+    auto with_extras = [&](auto table_tag) {
+      if (extras) {
+        with_vec(table_tag, std::true_type{});
+      } else {
+        with_vec(table_tag, std::false_type{});
       }
     };
     if (p.table.defined() && p.table.scalar_type() != p.out.scalar_type()) {
-      run(TypeTag<float>{});  // the module's float32 table under half/bfloat16/double data
+      with_extras(TypeTag<float>{});  // the module's float32 table under half/bfloat16/double data
     } else {
-      run(TypeTag<scalar_t>{});
+      with_extras(TypeTag<scalar_t>{});
     }
   });
 }

@@ -13,13 +13,15 @@ namespace {
 void run_grid(const AddPeProblem& p, int64_t num_sms) {
   TORCH_CHECK_VALUE(num_sms > 0, "pe_ext: num_sms must be positive, got ", num_sms);
   if (p.out.numel() == 0) return;
-  dispatch_add_pe(p, static_cast<int>(num_sms), [&](auto vec_tag, const auto& args, const LaunchConfig& config) {
+  dispatch_add_pe(p, static_cast<int>(num_sms), [&](auto vec_tag, auto extras_tag, const auto& args,
+                                                    const LaunchConfig& config) {
     constexpr int kVec = decltype(vec_tag)::value;
+    constexpr bool kExtras = decltype(extras_tag)::value;
     for (int64_t block_y = 0; block_y < config.blocks_y; ++block_y)
       for (int64_t block_x = 0; block_x < config.blocks_x; ++block_x)
         for (int thread_y = 0; thread_y < config.threads_y; ++thread_y)
           for (int thread_x = 0; thread_x < config.threads_x; ++thread_x)
-            add_pe_thread<kVec>(args, config, block_x, block_y, thread_x, thread_y);
+            add_pe_thread<kVec, kExtras>(args, config, block_x, block_y, thread_x, thread_y);
   });
 }
 

@@ -1,0 +1,91 @@
+"""Fused dropout: its statistics, the same mask on every implementation (CPU kernel, the CUDA kernel's body on the
+CPU grid, the fallback, and CUDA when present), a backward that regenerates it, and eval()."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import requires_cuda, requires_extension
+from impls import EXTENSION_IMPLS, FALLBACK_IMPLS
+from oracle import oracle_add, tolerance
+
+import pe_ext
+
+IMPLS = {**{k: pytest.param(v, marks=requires_extension) for k, v in EXTENSION_IMPLS.items()}, **FALLBACK_IMPLS}
+
+
+@pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_statistics_and_kept_values(impl, p):
+    x = torch.randn(8, 64, 96)
+    out = impl(x, None, 0, 2.0, 10000.0, 1, dropout=p, seed=7)
+    dropped = (out == 0).double().mean().item()
+    n = out.numel()
+    assert abs(dropped - p) < 4 * math.sqrt(p * (1 - p) / n)  # 4 sigma of a binomial fraction
+    kept = out != 0
+    atol, rtol = tolerance(torch.float32, 64, 8.0 / (1 - p))
+    torch.testing.assert_close(out[kept].double(), (oracle_add(x, scale=2.0) / (1 - p))[kept], atol=atol, rtol=rtol)
+    # no pattern along any axis: every column and every position keeps about 1 - p
+    assert ((out == 0).double().mean(dim=(0, 1)) - p).abs().max() < 0.1
+    assert ((out == 0).double().mean(dim=(0, 2)) - p).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
+@pytest.mark.parametrize("shape,seq_dim,layout", [((3, 7, 13), 1, "contiguous"), ((7, 3, 16), 0, "contiguous"),
+                                                  ((5, 40), 0, "contiguous"), ((4, 6, 32), 1, "strided")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+def test_every_implementation_draws_the_same_mask(impl, shape, seq_dim, layout, dtype):
+    x = torch.randn(shape).to(dtype)
+    if layout == "strided":
+        x = torch.randn(*shape[:-1], 2 * shape[-1]).to(dtype)[..., ::2]
+    reference = pe_ext.reference.add_pe(x, None, 3, 1.0, seq_dim, dropout=0.25, seed=2**40 + 11)
+    out = impl(x, None, 3, 1.0, 10000.0, seq_dim, dropout=0.25, seed=2**40 + 11)
+    assert torch.equal(out == 0, reference == 0)
+    atol, rtol = tolerance(dtype, 20, 6.0)
+    torch.testing.assert_close(out.double(), reference.double(), atol=atol, rtol=rtol)
+
+
+def test_seeds_come_from_torch_generator():
+    x = torch.randn(4, 16, 32)
+    torch.manual_seed(3)
+    first = pe_ext.add_sinusoidal_pe(x, dropout=0.5)
+    torch.manual_seed(3)
+    assert torch.equal(pe_ext.add_sinusoidal_pe(x, dropout=0.5), first)
+    assert not torch.equal(pe_ext.add_sinusoidal_pe(x, dropout=0.5), first)
+
+
+@requires_extension
+def test_backward_regenerates_the_mask():
+    x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    table = pe_ext.sinusoidal_table(10, 8, dtype=torch.float64).requires_grad_()
+    alpha = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    f = lambda x, t, a: torch.ops.pe_ext.add_pe(x, t, 1, 1.5, 1, alpha=a, dropout=0.4, seed=5)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x, table, alpha))
+    out = f(x, table, alpha)
+    out.sum().backward()
+    kept = (out != 0).double()
+    torch.testing.assert_close(x.grad, kept * 1.5 / 0.6)
+
+
+def test_module_dropout_is_fused_and_eval_disables_it():
+    module = pe_ext.PositionalEncoding(32, max_len=64, dropout=0.3)
+    x = torch.randn(4, 64, 32)
+    module.train()
+    out = module(x)
+    assert 0.25 < (out == 0).float().mean().item() < 0.35
+    module.eval()
+    atol, rtol = tolerance(torch.float32, 64, 4.0)
+    torch.testing.assert_close(module(x).double(), oracle_add(x), atol=atol, rtol=rtol)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_cuda_draws_the_cpu_mask(dtype):
+    x = torch.randn(6, 100, 72).to(dtype)
+    for shape_x in (x, x.transpose(0, 1)):
+        seq_dim = 1 if shape_x is x else 0
+        cpu = torch.ops.pe_ext.add_pe(shape_x, None, 0, 1.0, seq_dim, dropout=0.2, seed=123)
+        cuda = torch.ops.pe_ext.add_pe(shape_x.cuda(), None, 0, 1.0, seq_dim, dropout=0.2, seed=123).cpu()
+        assert torch.equal(cuda == 0, cpu == 0)
