@@ -1,0 +1,20 @@
+"""The examples run and show unchanged outputs (each asserts it)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import requires_extension
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@requires_extension
+@pytest.mark.parametrize("script", ["transformer_tutorial.py"])
+def test_example_runs(script):
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / script)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "outputs unchanged" in result.stdout
