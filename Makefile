@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.14.1
-DEPS := torch==$(TORCH_VERSION) numpy ninja pybind11 setuptools wheel pytest hypothesis matplotlib tqdm
+DEPS := torch==$(TORCH_VERSION) numpy ninja pybind11 setuptools wheel pytest hypothesis matplotlib tqdm transformers
 BENCH_ARGS ?=
 
 # torch guesses the CUDA root from the nvcc on PATH, which may be a wrapper; point it at the toolkit.

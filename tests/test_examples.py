@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @requires_extension
-@pytest.mark.parametrize("script", ["transformer_tutorial.py"])
+@pytest.mark.parametrize("script", ["transformer_tutorial.py", "huggingface_marian.py"])
 def test_example_runs(script):
     result = subprocess.run([sys.executable, str(ROOT / "examples" / script)], capture_output=True, text=True,
                             timeout=300)
