@@ -41,7 +41,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 VARIANTS = ("plain", "scale", "scale_dropout")
 # classic_eager_cast: the classic module with its table cast to x's dtype (.to(bfloat16)), so it keeps x's dtype too;
 # only for the reduced-precision dtypes, where the plain classic module promotes to float32.
-PROVIDERS = ("clone", "classic_eager", "classic_eager_cast", "classic_compiled", "pe_ext_table", "pe_ext_on_the_fly")
+# pe_ext_precise: on the fly with precise_angle=True (the angle reduced in double), to show what accuracy costs.
+PROVIDERS = ("clone", "classic_eager", "classic_eager_cast", "classic_compiled", "pe_ext_table", "pe_ext_on_the_fly",
+             "pe_ext_precise")
 
 FULL_SHAPES = [(64, 1, 4096), (8, 1, 8192), (8, 512, 512), (16, 1024, 1024), (4, 2048, 4096), (1, 32768, 1024),
                (1, 8192, 8192), (2, 4096, 8192)]
@@ -92,6 +94,8 @@ def make_providers(variant: str, d_model: int, dtype: torch.dtype, device: str, 
     classic = ClassicPositionalEncoding(d_model, MAX_LEN, scale, dropout).to(device).train()
     ours_table = pe_ext.PositionalEncoding(d_model, MAX_LEN, dropout, scale=scale, device=device).train()
     ours_otf = pe_ext.PositionalEncoding(d_model, MAX_LEN, dropout, scale=scale, buffer="none").to(device).train()
+    ours_precise = pe_ext.PositionalEncoding(d_model, MAX_LEN, dropout, scale=scale, buffer="none",
+                                             precise_angle=True).to(device).train()
     key = (variant, d_model)  # one compiled module per configuration; dynamic shapes cover batch and length
     if key not in compiled_cache:
         compiled_cache[key] = torch.compile(classic, dynamic=True)
@@ -102,6 +106,7 @@ def make_providers(variant: str, d_model: int, dtype: torch.dtype, device: str, 
         "classic_compiled": compiled,
         "pe_ext_table": ours_table,
         "pe_ext_on_the_fly": ours_otf,
+        "pe_ext_precise": ours_precise,
     }
     if dtype != torch.float32:
         providers["classic_eager_cast"] = copy.deepcopy(classic).to(dtype)
@@ -186,7 +191,8 @@ def header_lines(args) -> list[str]:
         f"date: {datetime.date.today().isoformat()}",
         f"timing: {'triton do_bench, median and p20-p80' if args.device == 'cuda' else 'torch.utils.benchmark, median and IQR'}",
         f"allocation: {allocation}",
-        "pe_ext dropout: nn.Dropout after the fused add (dropout is not fused yet)",
+        "dropout (scale_dropout variant, training mode): nn.Dropout after the add for the classic module, fused into "
+        "the same pass (Philox mask) for pe_ext",
         "bytes moved: read x + write out in x's dtype; % clone = clone time / provider time",
     ]
 
