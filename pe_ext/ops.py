@@ -92,8 +92,10 @@ def _add_pe_backward(ctx, grad):
     grad_x = grad * ctx.scale if ctx.needs_input_grad[0] else None
     grad_table = None
     if ctx.needs_input_grad[1]:
-        # Each table row used at position offset + l receives the gradient summed over the batch.
-        per_position = grad.sum(dim=1 - ctx.seq_dim) if grad.dim() == 3 else grad
+        # Each table row used at position offset + l receives the gradient summed over the batch, in the wider of the
+        # two dtypes: a float32 table under bfloat16 activations keeps a float32-accurate sum.
+        sum_dtype = torch.promote_types(grad.dtype, ctx.table_dtype)
+        per_position = grad.sum(dim=1 - ctx.seq_dim, dtype=sum_dtype) if grad.dim() == 3 else grad
         grad_table = grad.new_zeros(ctx.table_shape, dtype=ctx.table_dtype)
         rows = grad_table[0] if len(ctx.table_shape) == 3 else grad_table
         rows[ctx.offset : ctx.offset + per_position.shape[0]] = per_position
