@@ -21,11 +21,13 @@ using torch::autograd::variable_list;
 constexpr size_t kNumArguments = 16;  // of add_pe's schema
 constexpr size_t kTableArgument = 1, kAlphaArgument = 13;
 
-at::Tensor call_add_pe(const at::Tensor& x, const std::optional<at::Tensor>& table, int64_t offset, double scale,
-                       int64_t seq_dim, PE_KEYWORD_PARAMS) {
+// offset is a SymInt here, as in the schema, so that torch.compile keeps it symbolic through this kernel (a new
+// offset in a decoding loop then compiles nothing new); the backend kernels see a plain integer.
+at::Tensor call_add_pe(const at::Tensor& x, const std::optional<at::Tensor>& table, c10::SymInt offset,
+                       double scale, int64_t seq_dim, PE_KEYWORD_PARAMS) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("pe_ext::add_pe", "")
-                             .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, int64_t, double,
+                             .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, c10::SymInt, double,
                                                int64_t, double, c10::string_view, c10::string_view, double, double,
                                                bool, const std::optional<at::Tensor>&, int64_t,
                                                const std::optional<at::Tensor>&, double, int64_t)>();
@@ -36,7 +38,7 @@ at::Tensor call_add_pe(const at::Tensor& x, const std::optional<at::Tensor>& tab
 class AddPe : public torch::autograd::Function<AddPe> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const std::optional<at::Tensor>& table,
-                            int64_t offset, double scale, int64_t seq_dim, PE_KEYWORD_PARAMS) {
+                            c10::SymInt offset, double scale, int64_t seq_dim, PE_KEYWORD_PARAMS) {
     auto& saved = ctx->saved_data;
     saved["scale"] = scale;
     saved["offset"] = offset;
@@ -51,8 +53,12 @@ class AddPe : public torch::autograd::Function<AddPe> {
     saved["dropout"] = dropout;
     saved["seed"] = seed;
     if (positions.has_value() && positions->defined()) saved["positions"] = *positions;
-    if (table.has_value() && table->defined()) saved["table"] = table->detach();
-    if (alpha.has_value() && alpha->defined()) saved["alpha"] = alpha->detach();
+    // Which gradients are wanted is read here: needs_input_grad counts only the tensors given, not the arguments.
+    const bool has_table = table.has_value() && table->defined(), has_alpha = alpha.has_value() && alpha->defined();
+    saved["table_requires_grad"] = has_table && table->requires_grad();
+    saved["alpha_requires_grad"] = has_alpha && alpha->requires_grad();
+    if (has_table) saved["table"] = table->detach();
+    if (has_alpha) saved["alpha"] = alpha->detach();
     at::AutoDispatchBelowADInplaceOrView guard;
     return call_add_pe(x, table, offset, scale, seq_dim, base, layout, frequencies, min_timescale, max_timescale,
                        precise_angle, positions, padding_idx, alpha, dropout, seed);
@@ -66,7 +72,8 @@ class AddPe : public torch::autograd::Function<AddPe> {
     };
     const std::optional<at::Tensor> table = optional_saved("table"), alpha = optional_saved("alpha"),
                                     positions = optional_saved("positions");
-    const int64_t offset = saved["offset"].toInt(), padding_idx = saved["padding_idx"].toInt();
+    const c10::SymInt offset = saved["offset"].toSymInt();
+    const int64_t padding_idx = saved["padding_idx"].toInt();
     const int64_t seq_dim = saved["seq_dim"].toInt();
     const double dropout = saved["dropout"].toDouble();
     if (dropout > 0) {
@@ -82,7 +89,7 @@ class AddPe : public torch::autograd::Function<AddPe> {
     variable_list result(kNumArguments);
     result[0] = grad.mul(saved["scale"].toDouble());
 
-    if (table.has_value()) {
+    if (saved["table_requires_grad"].toBool()) {
       // Batch-first (batch, seq_len, d_model) view of grad, and the row each element read.
       const int64_t dim = seq_dim < 0 ? seq_dim + grad.dim() : seq_dim;
       const at::Tensor g = grad.dim() == 2 ? grad.unsqueeze(0) : (dim == 0 ? grad.transpose(0, 1) : grad);
@@ -93,18 +100,19 @@ class AddPe : public torch::autograd::Function<AddPe> {
         ids = p.dim() == 1 || grad.dim() == 2 ? p.reshape({1, seq_len}) : (dim == 0 ? p.transpose(0, 1) : p);
         ids = ids.to(at::kLong).expand({batch, seq_len}).add(offset);
       } else {
-        ids = at::arange(offset, offset + seq_len, grad.options().dtype(at::kLong)).expand({batch, seq_len});
+        ids = at::arange(seq_len, grad.options().dtype(at::kLong)).add(offset).expand({batch, seq_len});
       }
       at::Tensor contributions = g.reshape({batch * seq_len, -1});
       if (alpha.has_value()) contributions = contributions.mul(*alpha);
       contributions = contributions.to(table->scalar_type());
-      const at::Tensor used = ids.reshape(-1).ne(padding_idx);
-      at::Tensor grad_table = at::zeros_like(*table);
-      at::Tensor rows = grad_table.dim() == 3 ? grad_table.select(0, 0) : grad_table;
-      rows.index_add_(0, ids.reshape(-1).index({used}), contributions.index({used}));
-      result[kTableArgument] = grad_table;
+      // Out-of-place ops without boolean indexing, so that vmap (batched gradients) and double backward work.
+      const at::Tensor used = ids.reshape({-1, 1}).ne(padding_idx).to(contributions.scalar_type());
+      const int64_t rows = table->dim() == 3 ? table->size(1) : table->size(0);
+      const at::Tensor grad_rows = at::zeros({rows, table->size(-1)}, contributions.options())
+                                       .index_add(0, ids.reshape(-1), contributions.mul(used));
+      result[kTableArgument] = table->dim() == 3 ? grad_rows.unsqueeze(0) : grad_rows;
     }
-    if (alpha.has_value()) {
+    if (saved["alpha_requires_grad"].toBool()) {
       // pe at every element: the forward op on zeros, with alpha left out.
       const at::Tensor pe = call_add_pe(at::zeros_like(grad), table, offset, 0.0, seq_dim, saved["base"].toDouble(),
                                         saved["layout"].toStringRef(), saved["frequencies"].toStringRef(),
@@ -118,8 +126,8 @@ class AddPe : public torch::autograd::Function<AddPe> {
   }
 };
 
-at::Tensor add_pe_autograd(const at::Tensor& x, const std::optional<at::Tensor>& table, int64_t offset, double scale,
-                           int64_t seq_dim, PE_KEYWORD_PARAMS) {
+at::Tensor add_pe_autograd(const at::Tensor& x, const std::optional<at::Tensor>& table, c10::SymInt offset,
+                           double scale, int64_t seq_dim, PE_KEYWORD_PARAMS) {
   return AddPe::apply(x, table, offset, scale, seq_dim, base, layout, frequencies, min_timescale, max_timescale,
                       precise_angle, positions, padding_idx, alpha, dropout, seed);
 }

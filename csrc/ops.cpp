@@ -192,18 +192,18 @@ AddPeProblem prepare_fill_table(const at::Tensor& out, int64_t offset, const Key
 
 TORCH_LIBRARY(pe_ext, m) {
   // out = x * scale + pe(offset + l) along dimension seq_dim of x; pe read from table when given, else computed.
-  m.def("add_pe(Tensor x, Tensor? table=None, int offset=0, float scale=1.0, int seq_dim=1, *, " PE_KEYWORD_SCHEMA
+  m.def("add_pe(Tensor x, Tensor? table=None, SymInt offset=0, float scale=1.0, int seq_dim=1, *, " PE_KEYWORD_SCHEMA
         ") -> Tensor");
   // The same, written into x.
-  m.def("add_pe_(Tensor(a!) x, Tensor? table=None, int offset=0, float scale=1.0, int seq_dim=1, *, "
+  m.def("add_pe_(Tensor(a!) x, Tensor? table=None, SymInt offset=0, float scale=1.0, int seq_dim=1, *, "
         PE_KEYWORD_SCHEMA ") -> ()");
   // The same, written into a preallocated out of x's shape and dtype that does not overlap x.
-  m.def("add_pe_out(Tensor x, Tensor? table, int offset, float scale, int seq_dim, Tensor(a!) out, *, "
+  m.def("add_pe_out(Tensor x, Tensor? table, SymInt offset, float scale, int seq_dim, Tensor(a!) out, *, "
         PE_KEYWORD_SCHEMA ") -> ()");
   // out[p, :] = pe(offset + p, :): the table, built where out lives.
-  m.def("fill_table_(Tensor(a!) out, int offset=0, *, " PE_KEYWORD_SCHEMA ") -> ()");
+  m.def("fill_table_(Tensor(a!) out, SymInt offset=0, *, " PE_KEYWORD_SCHEMA ") -> ()");
   // Test only: runs the CUDA kernel's per-thread body over the CUDA launch grid, on the CPU.
-  m.def("_cuda_grid_emulator(Tensor(a!) out, Tensor? x, Tensor? table, int offset, float scale, int seq_dim, "
+  m.def("_cuda_grid_emulator(Tensor(a!) out, Tensor? x, Tensor? table, SymInt offset, float scale, int seq_dim, "
         "int num_sms, *, " PE_KEYWORD_SCHEMA ") -> ()");
 }
 

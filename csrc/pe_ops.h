@@ -3,6 +3,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
+#include <c10/core/SymInt.h>
 #include <c10/util/Optional.h>
 #include <c10/util/string_view.h>
 
@@ -69,29 +70,31 @@ using ProblemKernel = void (*)(const AddPeProblem&);
         dropout, seed                                                                                    \
   }
 
+// The schema types offset as SymInt (torch.compile keeps it symbolic instead of recompiling per value); every kernel
+// of an op must share one C++ signature, and a backend kernel only ever sees a concrete one.
 template <ProblemKernel kernel>
-at::Tensor add_pe_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset, double scale,
+at::Tensor add_pe_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, c10::SymInt offset, double scale,
                      int64_t seq_dim, PE_KEYWORD_PARAMS) {
   at::Tensor out = at::empty_like(x);
-  kernel(prepare_add_pe(x, table, offset, scale, seq_dim, PE_KEYWORD_ARGS, out));
+  kernel(prepare_add_pe(x, table, offset.expect_int(), scale, seq_dim, PE_KEYWORD_ARGS, out));
   return out;
 }
 
 template <ProblemKernel kernel>
-void add_pe_inplace_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset, double scale,
+void add_pe_inplace_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, c10::SymInt offset, double scale,
                        int64_t seq_dim, PE_KEYWORD_PARAMS) {
-  kernel(prepare_add_pe(x, table, offset, scale, seq_dim, PE_KEYWORD_ARGS, x));
+  kernel(prepare_add_pe(x, table, offset.expect_int(), scale, seq_dim, PE_KEYWORD_ARGS, x));
 }
 
 template <ProblemKernel kernel>
-void add_pe_out_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset, double scale,
+void add_pe_out_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, c10::SymInt offset, double scale,
                    int64_t seq_dim, const at::Tensor& out, PE_KEYWORD_PARAMS) {
-  kernel(prepare_add_pe(x, table, offset, scale, seq_dim, PE_KEYWORD_ARGS, out));
+  kernel(prepare_add_pe(x, table, offset.expect_int(), scale, seq_dim, PE_KEYWORD_ARGS, out));
 }
 
 template <ProblemKernel kernel>
-void fill_table_op(const at::Tensor& out, int64_t offset, PE_KEYWORD_PARAMS) {
-  kernel(prepare_fill_table(out, offset, PE_KEYWORD_ARGS));
+void fill_table_op(const at::Tensor& out, c10::SymInt offset, PE_KEYWORD_PARAMS) {
+  kernel(prepare_fill_table(out, offset.expect_int(), PE_KEYWORD_ARGS));
 }
 
 }  // namespace pe_ext

@@ -17,13 +17,13 @@ _ENCODING = ('float base=10000.0, str layout="interleaved", str frequencies="pap
              'float max_timescale=10000.0, bool precise_angle=False, Tensor? positions=None, int padding_idx=-1, '
              'Tensor? alpha=None, float dropout=0.0, int seed=0')
 SCHEMAS = {
-    "add_pe": f"add_pe(Tensor x, Tensor? table=None, int offset=0, float scale=1.0, int seq_dim=1, *, {_ENCODING}) "
+    "add_pe": f"add_pe(Tensor x, Tensor? table=None, SymInt offset=0, float scale=1.0, int seq_dim=1, *, {_ENCODING}) "
     "-> Tensor",
-    "add_pe_": f"add_pe_(Tensor(a!) x, Tensor? table=None, int offset=0, float scale=1.0, int seq_dim=1, *, "
+    "add_pe_": f"add_pe_(Tensor(a!) x, Tensor? table=None, SymInt offset=0, float scale=1.0, int seq_dim=1, *, "
     f"{_ENCODING}) -> ()",
-    "add_pe_out": f"add_pe_out(Tensor x, Tensor? table, int offset, float scale, int seq_dim, Tensor(a!) out, *, "
+    "add_pe_out": f"add_pe_out(Tensor x, Tensor? table, SymInt offset, float scale, int seq_dim, Tensor(a!) out, *, "
     f"{_ENCODING}) -> ()",
-    "fill_table_": f"fill_table_(Tensor(a!) out, int offset=0, *, {_ENCODING}) -> ()",
+    "fill_table_": f"fill_table_(Tensor(a!) out, SymInt offset=0, *, {_ENCODING}) -> ()",
 }
 _REFERENCE_KERNELS = {
     "add_pe": reference.add_pe,

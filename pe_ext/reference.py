@@ -64,7 +64,7 @@ def pe_rows(positions: Tensor, d_model: int, dtype: torch.dtype, *, base: float 
 def _check_positions(offset: int, seq_len: int) -> None:
     if offset < 0:
         raise ValueError(f"pe_ext: offset must be >= 0, got {offset}")
-    if offset > INT64_MAX - seq_len:
+    if offset > 0 and offset > INT64_MAX - seq_len:  # offset 0 first: no guard on a symbolic seq_len when tracing
         raise ValueError(f"pe_ext: offset ({offset}) + seq_len ({seq_len}) overflows int64")
 
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from oracle import ClassicPositionalEncoding, oracle_add, oracle_pe, tolerance
+from torch import nn
 
 import pe_ext
 
@@ -129,3 +130,35 @@ def test_reset_table_after_meta_construction():
     module = module.to_empty(device="cpu")
     module.reset_table()
     torch.testing.assert_close(module.pe[0], pe_ext.PositionalEncoding(16, max_len=40).pe[0], atol=0, rtol=0)
+
+
+def test_meta_built_model_materializes_like_a_fresh_one():
+    """A whole model built on the meta device, materialized with to_empty(): reset_table() restores every table
+    (persistent or not); a checkpoint then restores the weights, and the model computes what a fresh one does."""
+    def build():
+        return nn.ModuleDict({
+            "proj": nn.Linear(16, 16),
+            "saved": pe_ext.PositionalEncoding(16, max_len=40),
+            "computed": pe_ext.PositionalEncoding(16, max_len=50, buffer="non_persistent", batch_first=False,
+                                                  scale=4.0, base=500.0),
+            "on_the_fly": pe_ext.PositionalEncoding(16, buffer="none"),
+        })
+
+    fresh = build()
+    with torch.device("meta"):
+        model = build()
+    assert all(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    model.to_empty(device="cpu")
+    for module in model.modules():
+        if isinstance(module, pe_ext.PositionalEncoding):
+            module.reset_table()
+    for name in ("saved", "computed"):
+        assert not model[name].pe.is_meta
+        torch.testing.assert_close(model[name].pe, fresh[name].pe, atol=0, rtol=0)
+    classic = ClassicPositionalEncoding(16, max_len=40).pe
+    torch.testing.assert_close(model["saved"].pe, classic, atol=4 * 40 * 2.0**-23, rtol=0)
+
+    model.load_state_dict(fresh.state_dict())
+    x = torch.randn(3, 40, 16)
+    for name in ("saved", "computed", "on_the_fly"):
+        torch.testing.assert_close(model[name](model["proj"](x)), fresh[name](fresh["proj"](x)), atol=0, rtol=0)

@@ -1,0 +1,218 @@
+"""torch.compile (no graph breaks, eager parity, no recompile per sequence length), torch.export (parity, a dynamic
+sequence dimension, save/load) and CUDA graph capture. The references are the eager results of the same modules,
+which tests/test_module.py and tests/test_parity.py check against the float64 oracle."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from conftest import requires_cuda
+from oracle import oracle_add, tolerance
+from torch import nn
+from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
+
+import pe_ext
+
+D_MODEL, MAX_LEN = 16, 64
+BUFFERS = ["persistent", "non_persistent", "none"]
+LENGTHS = [5, 7, 12, 30, 64]  # no 0 or 1: torch.compile specializes those sizes by design
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+class Model(nn.Module):
+    """Linear -> PositionalEncoding -> Linear, the smallest model that trains through the encoding."""
+
+    def __init__(self, buffer="persistent", batch_first=True):
+        super().__init__()
+        self.inp = nn.Linear(8, D_MODEL)
+        self.pos = pe_ext.PositionalEncoding(D_MODEL, MAX_LEN, buffer=buffer, batch_first=batch_first, scale=4.0)
+        self.out = nn.Linear(D_MODEL, 3)
+
+    def forward(self, x):
+        return self.out(self.pos(self.inp(x)))
+
+
+def make_x(seq_len, batch_first=True, features=D_MODEL, requires_grad=False):
+    shape = (2, seq_len, features) if batch_first else (seq_len, 2, features)
+    return torch.randn(shape, requires_grad=requires_grad)
+
+
+def pe_ext_calls(graph_module):
+    return [n for n in graph_module.graph.nodes if n.target is torch.ops.pe_ext.add_pe.default]
+
+
+class GraphRecorder:
+    """A torch.compile backend that keeps every graph it is given (one per compile) and runs it eagerly."""
+
+    def __init__(self):
+        self.graphs = []
+
+    def __call__(self, graph_module, example_inputs):
+        self.graphs.append(graph_module)
+        return graph_module.forward
+
+
+# torch.compile
+
+
+@pytest.mark.parametrize("buffer", BUFFERS)
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_module_compiles_in_one_graph_without_recompiling_per_length(buffer, batch_first):
+    module = pe_ext.PositionalEncoding(D_MODEL, MAX_LEN, buffer=buffer, batch_first=batch_first, scale=2.0)
+    recorder = GraphRecorder()
+    compiled = torch.compile(module, backend=recorder, fullgraph=True)  # fullgraph: a graph break is an error
+    for seq_len in LENGTHS:
+        x = make_x(seq_len, batch_first)
+        torch.testing.assert_close(compiled(x), module(x), atol=0, rtol=0)
+    # The first length compiles a static graph, the second a dynamic one that serves every later length.
+    assert len(recorder.graphs) == 2
+    assert all(len(pe_ext_calls(graph)) == 1 for graph in recorder.graphs)  # one opaque fused op each
+
+
+@pytest.mark.parametrize("table", [False, True])
+def test_functional_api_compiles_once_with_a_dynamic_length(table):
+    def f(x, table):
+        return pe_ext.add_sinusoidal_pe(x, table, offset=3, scale=0.5, batch_first=False)
+
+    recorder = GraphRecorder()
+    compiled = torch.compile(f, backend=recorder, fullgraph=True)
+    rows = pe_ext.sinusoidal_table(MAX_LEN + 3, D_MODEL) if table else None
+    for seq_len in LENGTHS:
+        x = make_x(seq_len, batch_first=False)
+        if seq_len == LENGTHS[0]:
+            torch._dynamo.mark_dynamic(x, 0)
+        torch.testing.assert_close(compiled(x, rows), f(x, rows), atol=0, rtol=0)
+    assert len(recorder.graphs) == 1
+    assert len(pe_ext_calls(recorder.graphs[0])) == 1
+
+
+def test_changing_offset_does_not_recompile_each_time():
+    """offset is a SymInt in the schemas: a decoding loop (a new offset per step) compiles twice, not per step."""
+    module = pe_ext.PositionalEncoding(D_MODEL, MAX_LEN)
+    counter = CompileCounter()
+    compiled = torch.compile(module, backend=counter, fullgraph=True)
+    for offset in range(2, 7):
+        x = make_x(1)
+        torch.testing.assert_close(compiled(x, offset=offset), module(x, offset=offset), atol=0, rtol=0)
+    assert counter.frame_count <= 2
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_training_step_through_compile_matches_eager(batch_first):
+    """Forward and backward of a compiled model (AOTAutograd traces the registered backward) against eager."""
+    model = Model("non_persistent", batch_first)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    for seq_len in LENGTHS[:3]:
+        x = make_x(seq_len, batch_first, features=8, requires_grad=True)
+        grads = torch.autograd.grad(compiled(x).square().sum(), (x, *model.parameters()))
+        expected = torch.autograd.grad(model(x).square().sum(), (x, *model.parameters()))
+        for got, want in zip(grads, expected):
+            torch.testing.assert_close(got, want)
+
+
+def test_inductor_forward_and_backward_match_eager():
+    """The default backend once (CPU inductor compiles take seconds): a dynamic length from the first call, so one
+    forward and one backward compile serve every length."""
+    model = Model()
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    for seq_len in LENGTHS[:3]:
+        x = make_x(seq_len, features=8, requires_grad=True)
+        torch._dynamo.mark_dynamic(x, 1)
+        out = compiled(x)
+        grads = torch.autograd.grad(out.square().sum(), (x, *model.parameters()))
+        expected_out = model(x)
+        expected = torch.autograd.grad(expected_out.square().sum(), (x, *model.parameters()))
+        torch.testing.assert_close(out, expected_out)
+        for got, want in zip(grads, expected):
+            torch.testing.assert_close(got, want)
+    assert counter.frame_count == 1
+
+
+# torch.export
+
+
+@pytest.mark.parametrize("buffer", BUFFERS)
+def test_export_matches_eager(buffer):
+    model = Model(buffer).eval()
+    x = make_x(10, features=8)
+    program = torch.export.export(model, (x,))
+    assert len(pe_ext_calls(program.graph_module)) == 1
+    torch.testing.assert_close(program.module()(x), model(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("buffer", BUFFERS)
+def test_export_with_a_dynamic_sequence_dim(buffer):
+    """A table bounds the length (offset + seq_len <= max_len), so the Dim carries max=max_len; on the fly, no bound."""
+    model = Model(buffer).eval()
+    seq = torch.export.Dim("seq", max=MAX_LEN) if buffer != "none" else torch.export.Dim("seq")
+    program = torch.export.export(model, (make_x(10, features=8),), dynamic_shapes={"x": {1: seq}})
+    exported = program.module()
+    for seq_len in LENGTHS + ([200] if buffer == "none" else []):
+        x = make_x(seq_len, features=8)
+        torch.testing.assert_close(exported(x), model(x), atol=0, rtol=0)
+    if buffer != "none":
+        with pytest.raises(Exception, match="Guard failed"):
+            exported(make_x(MAX_LEN + 1, features=8))
+
+
+def test_exported_program_saves_and_loads():
+    model = Model().eval()
+    seq = torch.export.Dim("seq", max=MAX_LEN)
+    program = torch.export.export(model, (make_x(10, features=8),), dynamic_shapes={"x": {1: seq}})
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    buffer.seek(0)
+    loaded = torch.export.load(buffer).module()
+    x = make_x(33, features=8)
+    torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
+
+
+# CUDA graphs
+
+
+@requires_cuda
+@pytest.mark.parametrize("buffer", ["persistent", "none"])
+def test_cuda_graph_capture_and_replay(buffer):
+    """Forward (table or on the fly), in-place add and table build captured in one graph; each replay reads the new
+    contents of the static input and matches eager and the oracle."""
+    module = pe_ext.PositionalEncoding(64, max_len=256, buffer=buffer, scale=2.0).cuda()
+    static_x = torch.randn(4, 100, 64, device="cuda")
+    static_table = torch.empty(50, 64, device="cuda")
+
+    def step():
+        out = module(static_x, offset=7)
+        inplace = static_x.clone()
+        pe_ext.add_sinusoidal_pe_(inplace, offset=3)
+        torch.ops.pe_ext.fill_table_(static_table, 11)
+        return out, inplace
+
+    side = torch.cuda.Stream()  # warm up on a side stream before capture, as the CUDA graphs docs ask
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out, static_inplace = step()
+
+    for _ in range(3):
+        x = torch.randn_like(static_x)
+        static_x.copy_(x)
+        static_table.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(static_out, module(x, offset=7), atol=0, rtol=0)
+        atol, rtol = tolerance(torch.float32, 107, 8.0)
+        torch.testing.assert_close(static_out.double().cpu(), oracle_add(x.cpu(), 7, 2.0), atol=atol, rtol=rtol)
+        torch.testing.assert_close(static_inplace, pe_ext.add_sinusoidal_pe(x, offset=3), atol=0, rtol=0)
+        torch.testing.assert_close(static_table, pe_ext.sinusoidal_table(50, 64, offset=11, device="cuda"),
+                                   atol=0, rtol=0)
