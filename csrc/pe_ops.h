@@ -22,10 +22,13 @@ struct AddPeProblem {
   int64_t d_model() const { return out.size(2); }
 };
 
+// Where a call writes its result: a fresh tensor (add_pe), x itself (add_pe_), or a caller's tensor (add_pe_out).
+enum class Write { kNew, kInPlace, kOut };
+
 // Check the arguments of add_pe / add_pe_ / add_pe_out (out is x for the in-place op) and view them batch-first.
 // Every check runs before anything is written.
 AddPeProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset,
-                            double scale, double base, int64_t seq_dim, const at::Tensor& out);
+                            double scale, double base, int64_t seq_dim, const at::Tensor& out, Write write);
 
 // Check the arguments of fill_table_ (out: [num_positions, d_model]) and view them as a problem with no x.
 AddPeProblem prepare_fill_table(const at::Tensor& out, int64_t offset, double base);
@@ -37,20 +40,20 @@ template <ProblemKernel kernel>
 at::Tensor add_pe_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset, double scale,
                      double base, int64_t seq_dim) {
   at::Tensor out = at::empty_like(x);
-  kernel(prepare_add_pe(x, table, offset, scale, base, seq_dim, out));
+  kernel(prepare_add_pe(x, table, offset, scale, base, seq_dim, out, Write::kNew));
   return out;
 }
 
 template <ProblemKernel kernel>
 void add_pe_inplace_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset, double scale,
                        double base, int64_t seq_dim) {
-  kernel(prepare_add_pe(x, table, offset, scale, base, seq_dim, x));
+  kernel(prepare_add_pe(x, table, offset, scale, base, seq_dim, x, Write::kInPlace));
 }
 
 template <ProblemKernel kernel>
 void add_pe_out_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset, double scale,
                    double base, int64_t seq_dim, const at::Tensor& out) {
-  kernel(prepare_add_pe(x, table, offset, scale, base, seq_dim, out));
+  kernel(prepare_add_pe(x, table, offset, scale, base, seq_dim, out, Write::kOut));
 }
 
 template <ProblemKernel kernel>

@@ -36,14 +36,9 @@ class PositionalEncoding(nn.Module):
                  batch_first: bool = True, scale: float = 1.0, base: float = ops.DEFAULT_BASE,
                  device: torch.device | str | None = None) -> None:
         super().__init__()
-        if d_model <= 0:
-            raise ValueError(f"pe_ext: d_model must be > 0, got {d_model}")
-        if max_len < 0:
-            raise ValueError(f"pe_ext: max_len must be >= 0, got {max_len}")
+        ops.check_table_args(max_len, d_model, base)  # even with buffer="none", to fail here rather than in forward
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"pe_ext: dropout must be in [0, 1), got {dropout}")
-        if not base > 0:
-            raise ValueError(f"pe_ext: base must be > 0, got {base}")
         if buffer not in _BUFFER_MODES:
             raise ValueError(f"pe_ext: buffer must be one of {_BUFFER_MODES}, got {buffer!r}")
         self.d_model, self.max_len, self.buffer_mode = d_model, max_len, buffer
@@ -64,9 +59,11 @@ class PositionalEncoding(nn.Module):
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
         """x plus the encoding of positions offset, offset + 1, ...; offset serves incremental decoding."""
-        if self.pe is not None:
+        if x.dim() in (2, 3):  # other ranks: the op names the problem
+            if x.shape[-1] != self.d_model:
+                raise ValueError(f"pe_ext: x's last dimension ({x.shape[-1]}) must equal d_model ({self.d_model})")
             seq_len = x.shape[1 if x.dim() == 3 and self.batch_first else 0]
-            if offset + seq_len > self.max_len:
+            if self.pe is not None and offset + seq_len > self.max_len:
                 raise ValueError(
                     f"pe_ext: sequence of length {seq_len} at offset {offset} needs {offset + seq_len} positions, "
                     f"more than max_len={self.max_len}; build the module with a larger max_len or buffer='none'"

@@ -36,7 +36,12 @@ def pe_rows(positions: Tensor, d_model: int, base: float, dtype: torch.dtype) ->
     return rows
 
 
-def _check_base(base: float) -> None:
+# Where a call writes its result, as csrc/pe_ops.h's Write: a fresh tensor (add_pe), x itself (add_pe_), or a
+# caller's tensor (add_pe_out).
+NEW, IN_PLACE, OUT = "new", "in_place", "out"
+
+
+def check_base(base: float) -> None:
     if not (math.isfinite(base) and base > 0):
         raise ValueError(f"pe_ext: base must be a positive finite number, got {base}")
 
@@ -53,9 +58,21 @@ def _check_dtype(t: Tensor, name: str) -> None:
         raise TypeError(f"pe_ext: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
 
 
-def _check_no_internal_overlap(t: Tensor, name: str) -> None:
-    # The same rule as at::has_internal_overlap: a zero stride on a dimension of size > 1 repeats elements.
-    if any(stride == 0 and size > 1 for size, stride in zip(t.shape, t.stride())):
+def _has_distinct_elements(t: Tensor) -> bool:
+    """Whether t's elements provably lie at distinct addresses: with its dimensions of size > 1 sorted by stride,
+    each stride steps past everything the smaller ones reach (as csrc/ops.cpp)."""
+    if t.numel() == 0:
+        return True
+    reach = 0  # the largest element offset the smaller dimensions reach
+    for stride, size in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n > 1):
+        if stride <= reach:
+            return False
+        reach += (size - 1) * stride
+    return True
+
+
+def _check_distinct_elements(t: Tensor, name: str) -> None:
+    if not _has_distinct_elements(t):
         raise ValueError(
             f"pe_ext: {name} has elements that share memory (an expanded or overlapping view); it cannot be "
             f"written to. Pass a tensor with distinct elements, e.g. {name}.contiguous()"
@@ -63,31 +80,33 @@ def _check_no_internal_overlap(t: Tensor, name: str) -> None:
 
 
 def _share_memory(a: Tensor, b: Tensor) -> bool:
-    """Whether the byte ranges a and b span in one storage intersect (conservative, as at::assert_no_overlap)."""
-    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr() or a.numel() == 0 or b.numel() == 0:
+    """Whether the address ranges a and b span in one storage intersect (conservative, as csrc/ops.cpp)."""
+    if a.numel() == 0 or b.numel() == 0 or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
         return False
 
     def span(t):
         start = t.data_ptr()
-        return start, start + sum((n - 1) * st for n, st in zip(t.shape, t.stride())) * t.element_size() + t.element_size()
+        return start, start + (sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1) * t.element_size()
 
     (a0, a1), (b0, b1) = span(a), span(b)
     return a0 < b1 and b0 < a1
 
 
-def _checked_seq_dim(x: Tensor, seq_dim: int) -> int:
-    if x.dim() not in (2, 3):
+def _check_no_shared_memory(written: Tensor, name: str, read: Tensor, read_name: str) -> None:
+    if _share_memory(written, read):
         raise ValueError(
-            "pe_ext: x must be 2-D (seq_len, d_model) or 3-D (batch, seq_len, d_model) or (seq_len, batch, d_model), "
-            f"got a {x.dim()}-D tensor of shape {list(x.shape)}"
+            f"pe_ext: {name}'s memory overlaps {read_name}'s, which the op still reads while writing {name}; pass a "
+            f"separate tensor (e.g. {read_name}.clone())"
         )
-    _check_dtype(x, "x")
-    if not (-x.dim() <= seq_dim < x.dim() - 1 and seq_dim != -1):
-        raise ValueError(
-            f"pe_ext: seq_dim must index a dimension of x other than the last (d_model); got {seq_dim} "
-            f"for a {x.dim()}-D x"
+
+
+def _check_untracked(t: Tensor, name: str, op: str) -> None:
+    # The writing ops have no autograd formula: they refuse tensors autograd tracks while grad mode is on.
+    if torch.is_grad_enabled() and t.requires_grad:
+        raise RuntimeError(
+            f"pe_ext: {name} requires grad, but {op} has no autograd formula; use the out-of-place "
+            "add_sinusoidal_pe, or run under torch.no_grad()"
         )
-    return seq_dim % x.dim()
 
 
 def _checked_table(table: Tensor, x: Tensor, d_model: int, last_position: int) -> Tensor:
@@ -113,16 +132,70 @@ def _checked_table(table: Tensor, x: Tensor, d_model: int, last_position: int) -
     return rows
 
 
-def _add_pe_values(x: Tensor, table: Tensor | None, offset: int, scale: float, base: float, seq_dim: int) -> Tensor:
-    dim = _checked_seq_dim(x, seq_dim)
+def check_add_pe(x: Tensor, table: Tensor | None, offset: int, scale: float, base: float, seq_dim: int,
+                 out: Tensor | None, write: str, *, memory: bool = True) -> int:
+    """csrc/ops.cpp's prepare_add_pe: the same checks in the same order, raising the same exception types; returns
+    the position dimension. out is None for NEW, x for IN_PLACE. memory=False skips the checks that read addresses
+    (fake and meta tensors have none)."""
+    if x.dim() not in (2, 3):
+        raise ValueError(
+            "pe_ext: x must be 2-D (seq_len, d_model) or 3-D (batch, seq_len, d_model) or (seq_len, batch, d_model), "
+            f"got a {x.dim()}-D tensor of shape {list(x.shape)}"
+        )
+    _check_dtype(x, "x")
+    if not (-x.dim() <= seq_dim < x.dim() - 1 and seq_dim != -1):
+        raise ValueError(
+            f"pe_ext: seq_dim must index a dimension of x other than the last (d_model); got {seq_dim} "
+            f"for a {x.dim()}-D x"
+        )
     if not math.isfinite(scale):
         raise ValueError(f"pe_ext: scale must be finite, got {scale}")
-    _check_base(base)
-    seq_len, d_model = x.shape[dim], x.shape[-1]
+    check_base(base)
+    if write == OUT:
+        if out.shape != x.shape:
+            raise ValueError(f"pe_ext: out must have x's shape {list(x.shape)}, got {list(out.shape)}")
+        if out.dtype != x.dtype:
+            raise TypeError(f"pe_ext: out must have x's dtype ({x.dtype}), got {out.dtype}")
+        if out.device != x.device:
+            raise ValueError(f"pe_ext: out is on {out.device} but x is on {x.device}")
+    out_name = "x" if write == IN_PLACE else "out"
+    if write != NEW:
+        op = "add_pe_ (in place)" if write == IN_PLACE else "add_pe_out (out=)"
+        for t, name in ((x, "x"), (table, "table"), (out, out_name)):
+            if t is not None:
+                _check_untracked(t, name, op)
+        if memory:
+            _check_distinct_elements(out, out_name)
+            if write == OUT:
+                _check_no_shared_memory(out, "out", x, "x")
+    dim = seq_dim % x.dim()
+    seq_len = x.shape[dim]
     _check_positions(offset, seq_len)
+    if table is not None:
+        _checked_table(table, x, x.shape[-1], offset + seq_len)
+        if memory and write != NEW:
+            _check_no_shared_memory(out, out_name, table, "table")
+    return dim
+
+
+def check_fill_table(out: Tensor, offset: int, base: float, *, memory: bool = True) -> None:
+    """csrc/ops.cpp's prepare_fill_table."""
+    if out.dim() != 2:
+        raise ValueError(f"pe_ext: out must be 2-D (num_positions, d_model), got shape {list(out.shape)}")
+    _check_dtype(out, "out")
+    check_base(base)
+    _check_positions(offset, out.shape[0])
+    _check_untracked(out, "out", "fill_table_")
+    if memory:
+        _check_distinct_elements(out, "out")
+
+
+def _add_pe_values(x: Tensor, table: Tensor | None, offset: int, scale: float, base: float, dim: int) -> Tensor:
+    """x * scale + pe for checked arguments, dim being the position dimension."""
+    seq_len, d_model = x.shape[dim], x.shape[-1]
     acc = acc_dtype(x.dtype)
     if table is not None:
-        rows = _checked_table(table, x, d_model, offset + seq_len)[offset : offset + seq_len].to(acc)
+        rows = (table[0] if table.dim() == 3 else table)[offset : offset + seq_len].to(acc)
     else:
         rows = pe_rows(torch.arange(offset, offset + seq_len, device=x.device), d_model, base, acc)
     if x.dim() == 3:
@@ -133,39 +206,26 @@ def _add_pe_values(x: Tensor, table: Tensor | None, offset: int, scale: float, b
 def add_pe(x: Tensor, table: Tensor | None = None, offset: int = 0, scale: float = 1.0, base: float = 10000.0,
            seq_dim: int = 1) -> Tensor:
     """out = x * scale + pe(offset + l) along dimension seq_dim of x."""
-    return _add_pe_values(x, table, offset, scale, base, seq_dim)
+    dim = check_add_pe(x, table, offset, scale, base, seq_dim, None, NEW)
+    return _add_pe_values(x, table, offset, scale, base, dim)
 
 
 def add_pe_(x: Tensor, table: Tensor | None = None, offset: int = 0, scale: float = 1.0, base: float = 10000.0,
             seq_dim: int = 1) -> None:
     """add_pe written into x."""
-    _checked_seq_dim(x, seq_dim)
-    _check_no_internal_overlap(x, "x")
-    x.copy_(_add_pe_values(x, table, offset, scale, base, seq_dim))
+    dim = check_add_pe(x, table, offset, scale, base, seq_dim, x, IN_PLACE)
+    x.copy_(_add_pe_values(x, table, offset, scale, base, dim))
 
 
 def add_pe_out(x: Tensor, table: Tensor | None, offset: int, scale: float, base: float, seq_dim: int,
                out: Tensor) -> None:
-    """add_pe written into out, which has x's shape, dtype and device and does not overlap x."""
-    if out.shape != x.shape:
-        raise ValueError(f"pe_ext: out must have x's shape {list(x.shape)}, got {list(out.shape)}")
-    if out.dtype != x.dtype:
-        raise TypeError(f"pe_ext: out must have x's dtype ({x.dtype}), got {out.dtype}")
-    if out.device != x.device:
-        raise ValueError(f"pe_ext: out is on {out.device} but x is on {x.device}")
-    _check_no_internal_overlap(out, "out")
-    if out.numel() > 0 and _share_memory(out, x):
-        raise ValueError("pe_ext: out must not overlap x; use add_pe_ to write into x")
-    out.copy_(_add_pe_values(x, table, offset, scale, base, seq_dim))
+    """add_pe written into out, which has x's shape, dtype and device and shares no memory with x or table."""
+    dim = check_add_pe(x, table, offset, scale, base, seq_dim, out, OUT)
+    out.copy_(_add_pe_values(x, table, offset, scale, base, dim))
 
 
 def fill_table_(out: Tensor, offset: int = 0, base: float = 10000.0) -> None:
     """out[p, :] = pe(offset + p, :)."""
-    if out.dim() != 2:
-        raise ValueError(f"pe_ext: out must be 2-D (num_positions, d_model), got shape {list(out.shape)}")
-    _check_dtype(out, "out")
-    _check_base(base)
-    _check_positions(offset, out.shape[0])
-    _check_no_internal_overlap(out, "out")
+    check_fill_table(out, offset, base)
     positions = torch.arange(offset, offset + out.shape[0], device=out.device)
     out.copy_(pe_rows(positions, out.shape[1], base, acc_dtype(out.dtype)))

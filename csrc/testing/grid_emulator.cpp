@@ -27,7 +27,7 @@ void cuda_grid_emulator(const at::Tensor& out, const c10::optional<at::Tensor>& 
                         const c10::optional<at::Tensor>& table, int64_t offset, double scale, double base,
                         int64_t seq_dim, int64_t num_sms) {
   if (x.has_value() && x->defined()) {
-    run_grid(prepare_add_pe(*x, table, offset, scale, base, seq_dim, out), num_sms);
+    run_grid(prepare_add_pe(*x, table, offset, scale, base, seq_dim, out, Write::kOut), num_sms);
   } else {
     run_grid(prepare_fill_table(out, offset, base), num_sms);
   }
