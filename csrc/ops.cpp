@@ -1,14 +1,18 @@
 // The op schemas, the argument checks every backend shares, and the Python module's build information.
 #include "pe_ops.h"
 
-#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/aminmax.h>
 #include <torch/library.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
+#include <utility>
+#include <vector>
 
 #include "pe_math.h"
 
@@ -88,10 +92,58 @@ int64_t attach_keywords(AddPeProblem& p, const KeywordArgs& k, const at::Tensor&
   return p.offset + max_id + 1;
 }
 
-void check_no_internal_overlap(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, "pe_ext: ", name,
+// Whether t's elements provably lie at distinct addresses: with its dimensions of size > 1 sorted by stride, each
+// stride steps past everything the smaller ones reach. Expanded (stride 0) and overlapping as_strided views fail;
+// so do a few exotic non-overlapping layouts, which are refused rather than guessed at.
+bool has_distinct_elements(const at::Tensor& t) {
+  if (t.numel() == 0) return true;
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size)
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) > 1) dims.emplace_back(t.stride(d), t.size(d));
+  }
+  std::sort(dims.begin(), dims.end());
+  int64_t reach = 0;  // the largest element offset the smaller dimensions reach
+  for (const auto& [stride, size] : dims) {
+    if (stride <= reach) return false;
+    reach += (size - 1) * stride;
+  }
+  return true;
+}
+
+void check_distinct_elements(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(has_distinct_elements(t), "pe_ext: ", name,
                     " has elements that share memory (an expanded or overlapping view); it cannot be written to. "
                     "Pass a tensor with distinct elements, e.g. ", name, ".contiguous()");
+}
+
+// Whether the address ranges a and b span in one storage intersect. Conservative: interleaved views of one buffer
+// count as overlapping.
+bool share_memory(const at::Tensor& a, const at::Tensor& b) {
+  if (a.numel() == 0 || b.numel() == 0 || !a.storage().is_alias_of(b.storage())) return false;
+  auto span = [](const at::Tensor& t) {
+    int64_t last = 0;
+    for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+    const auto start = reinterpret_cast<std::uintptr_t>(t.const_data_ptr());
+    return std::make_pair(start, start + static_cast<std::uintptr_t>((last + 1) * t.element_size()));
+  };
+  const auto [a0, a1] = span(a);
+  const auto [b0, b1] = span(b);
+  return a0 < b1 && b0 < a1;
+}
+
+void check_no_shared_memory(const at::Tensor& written, const char* name, const at::Tensor& read,
+                            const char* read_name) {
+  TORCH_CHECK_VALUE(!share_memory(written, read), "pe_ext: ", name, "'s memory overlaps ", read_name,
+                    "'s, which the op still reads while writing ", name, "; pass a separate tensor (e.g. ",
+                    read_name, ".clone())");
+}
+
+// add_pe_, add_pe_out and fill_table_ have no autograd formula: writing a tensor autograd tracks, or filling one
+// from tracked inputs, would silently lose gradients, so they refuse while grad mode is on (as torch's out= ops do).
+void check_untracked(const c10::optional<at::Tensor>& t, const char* name, const char* op) {
+  TORCH_CHECK(!(t.has_value() && t->defined() && at::GradMode::is_enabled() && t->requires_grad()), "pe_ext: ",
+              name, " requires grad, but ", op,
+              " has no autograd formula; use the out-of-place add_sinusoidal_pe, or run under torch.no_grad()");
 }
 
 // The (rows, d_model) view of a table given as (rows, d_model) or as the module's (1, rows, d_model) buffer.
@@ -115,7 +167,8 @@ at::Tensor checked_table(const at::Tensor& table, const at::Tensor& x, int64_t d
 }  // namespace
 
 AddPeProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset,
-                            double scale, int64_t seq_dim, const KeywordArgs& keywords, const at::Tensor& out) {
+                            double scale, int64_t seq_dim, const KeywordArgs& keywords, const at::Tensor& out,
+                            Write write) {
   TORCH_CHECK_VALUE(x.dim() == 2 || x.dim() == 3,
                     "pe_ext: x must be 2-D (seq_len, d_model) or 3-D (batch, seq_len, d_model) or "
                     "(seq_len, batch, d_model), got a ", x.dim(), "-D tensor of shape ", x.sizes());
@@ -131,9 +184,17 @@ AddPeProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>
   TORCH_CHECK_TYPE(out.scalar_type() == x.scalar_type(), "pe_ext: out must have x's dtype (", x.scalar_type(),
                    "), got ", out.scalar_type());
   TORCH_CHECK_VALUE(out.device() == x.device(), "pe_ext: out is on ", out.device(), " but x is on ", x.device());
-  const bool in_place = out.is_same(x);
-  check_no_internal_overlap(out, in_place ? "x" : "out");
-  if (!in_place && out.numel() > 0) at::assert_no_overlap(out, x);
+  const bool has_table = table.has_value() && table->defined();
+  if (write != Write::kNew) {
+    const char* op = write == Write::kInPlace ? "add_pe_ (in place)" : "add_pe_out (out=)";
+    check_untracked(x, "x", op);
+    check_untracked(table, "table", op);
+    check_untracked(keywords.alpha, "alpha", op);
+    if (write == Write::kOut) check_untracked(out, "out", op);
+  }
+  const char* out_name = write == Write::kInPlace ? "x" : "out";
+  check_distinct_elements(out, out_name);
+  if (write != Write::kInPlace) check_no_shared_memory(out, "out", x, "x");
 
   // Batch-first (batch, seq_len, d_model) views.
   const int64_t dim = seq_dim < 0 ? seq_dim + x.dim() : seq_dim;
@@ -150,9 +211,9 @@ AddPeProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>
   const int64_t last_position = attach_keywords(p, keywords, x, [&](const at::Tensor& ids) {
     return ids.dim() == 1 ? ids.unsqueeze(0) : (dim == 0 ? ids.transpose(0, 1) : ids);
   });
-  if (table.has_value() && table->defined()) {
+  if (has_table) {
     p.table = checked_table(*table, x, p.d_model(), last_position);
-    if (p.out.numel() > 0) at::assert_no_overlap(out, *table);
+    check_no_shared_memory(out, out_name, *table, "table");
   }
   return p;
 }
@@ -162,7 +223,9 @@ AddPeProblem prepare_fill_table(const at::Tensor& out, int64_t offset, const Key
   TORCH_CHECK_TYPE(is_supported_dtype(out.scalar_type()),
                    "pe_ext: out must be float32, float64, float16 or bfloat16, got ", out.scalar_type());
   const PeSpec spec = make_spec(keywords, out.size(1));
-  check_no_internal_overlap(out, "out");
+  check_untracked(out, "out", "fill_table_");
+  check_untracked(keywords.alpha, "alpha", "fill_table_");
+  check_distinct_elements(out, "out");
   AddPeProblem p;
   p.out = out.unsqueeze(0);
   p.offset = offset;

@@ -48,10 +48,14 @@ struct AddPeProblem {
   int64_t d_model() const { return out.size(2); }
 };
 
+// Where a call writes its result: a fresh tensor (add_pe), x itself (add_pe_), or a caller's tensor (add_pe_out).
+enum class Write { kNew, kInPlace, kOut };
+
 // Check the arguments of add_pe / add_pe_ / add_pe_out (out is x for the in-place op) and view them batch-first.
 // Every check runs before anything is written.
 AddPeProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset,
-                            double scale, int64_t seq_dim, const KeywordArgs& keywords, const at::Tensor& out);
+                            double scale, int64_t seq_dim, const KeywordArgs& keywords, const at::Tensor& out,
+                            Write write);
 
 // Check the arguments of fill_table_ (out: [num_positions, d_model]) and view them as a problem with no x.
 AddPeProblem prepare_fill_table(const at::Tensor& out, int64_t offset, const KeywordArgs& keywords);
@@ -76,20 +80,20 @@ template <ProblemKernel kernel>
 at::Tensor add_pe_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, c10::SymInt offset, double scale,
                      int64_t seq_dim, PE_KEYWORD_PARAMS) {
   at::Tensor out = at::empty_like(x);
-  kernel(prepare_add_pe(x, table, offset.expect_int(), scale, seq_dim, PE_KEYWORD_ARGS, out));
+  kernel(prepare_add_pe(x, table, offset.expect_int(), scale, seq_dim, PE_KEYWORD_ARGS, out, Write::kNew));
   return out;
 }
 
 template <ProblemKernel kernel>
 void add_pe_inplace_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, c10::SymInt offset, double scale,
                        int64_t seq_dim, PE_KEYWORD_PARAMS) {
-  kernel(prepare_add_pe(x, table, offset.expect_int(), scale, seq_dim, PE_KEYWORD_ARGS, x));
+  kernel(prepare_add_pe(x, table, offset.expect_int(), scale, seq_dim, PE_KEYWORD_ARGS, x, Write::kInPlace));
 }
 
 template <ProblemKernel kernel>
 void add_pe_out_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, c10::SymInt offset, double scale,
                    int64_t seq_dim, const at::Tensor& out, PE_KEYWORD_PARAMS) {
-  kernel(prepare_add_pe(x, table, offset.expect_int(), scale, seq_dim, PE_KEYWORD_ARGS, out));
+  kernel(prepare_add_pe(x, table, offset.expect_int(), scale, seq_dim, PE_KEYWORD_ARGS, out, Write::kOut));
 }
 
 template <ProblemKernel kernel>

@@ -42,10 +42,7 @@ class PositionalEncoding(nn.Module):
                  batch_first: bool = True, scale: float = 1.0, grow: bool = False, base: float = ops.DEFAULT_BASE,
                  device: torch.device | str | None = None, **encoding) -> None:
         super().__init__()
-        if d_model <= 0:
-            raise ValueError(f"pe_ext: d_model must be > 0, got {d_model}")
-        if max_len < 0:
-            raise ValueError(f"pe_ext: max_len must be >= 0, got {max_len}")
+        ops.check_table_args(max_len, d_model)  # even with buffer="none", to fail here rather than in forward
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"pe_ext: dropout must be in [0, 1), got {dropout}")
         if buffer not in _BUFFER_MODES:
@@ -73,7 +70,9 @@ class PositionalEncoding(nn.Module):
                 start_positions: Tensor | None = None) -> Tensor:
         """x plus the encoding of positions offset, offset + 1, ... (offset serves incremental decoding), or of
         offset + positions (ids shaped like x without d_model), or of offset + start_positions[b] + l."""
-        if self.pe is not None and positions is None and start_positions is None:
+        if x.dim() in (2, 3) and x.shape[-1] != self.d_model:  # other ranks: the op names the problem
+            raise ValueError(f"pe_ext: x's last dimension ({x.shape[-1]}) must equal d_model ({self.d_model})")
+        if self.pe is not None and positions is None and start_positions is None and x.dim() in (2, 3):
             seq_len = x.shape[1 if x.dim() == 3 and self.batch_first else 0]
             if offset + seq_len > self.max_len:
                 if not self.grow:

@@ -16,12 +16,28 @@ import torch
 from torch import Tensor
 
 from . import _backend  # registers torch.ops.pe_ext.*
+from . import reference
 
 DEFAULT_BASE = 10000.0
 
 
 def _seq_dim(x: Tensor, batch_first: bool) -> int:
     return 1 if x.dim() == 3 and batch_first else 0
+
+
+def _checked_offset(offset: int) -> int:
+    # The ops take an int64; outside it torch's argument parser would refuse the call without saying why.
+    if isinstance(offset, int) and not -(2**63) <= offset <= reference.INT64_MAX:
+        raise ValueError(f"pe_ext: offset must be >= 0 and fit in int64, got {offset}")
+    return offset
+
+
+def check_table_args(num_positions: int, d_model: int) -> None:
+    """A table's sizes, checked where they are given (PositionalEncoding checks them even without a table)."""
+    if num_positions < 0:
+        raise ValueError(f"pe_ext: num_positions (max_len) must be >= 0, got {num_positions}")
+    if d_model <= 0:
+        raise ValueError(f"pe_ext: d_model must be > 0, got {d_model}")
 
 
 def _position_keywords(x: Tensor, seq_dim: int, alpha: float | Tensor, positions: Tensor | None,
@@ -68,22 +84,13 @@ def add_sinusoidal_pe(x: Tensor, table: Tensor | None = None, *, offset: int = 0
     given, else computed on the fly with no length limit. `out`, if given, is written and returned (no autograd,
     as with torch's out= arguments).
     """
-    seq_dim = _seq_dim(x, batch_first)
+    seq_dim, offset = _seq_dim(x, batch_first), _checked_offset(offset)
     keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx),
                 **_dropout_keywords(dropout, generator), **encoding}
     if out is None:
         return torch.ops.pe_ext.add_pe.default(x, table, offset, scale, seq_dim, **keywords)
-    _refuse_autograd("add_sinusoidal_pe(..., out=)", x, table, keywords["alpha"])
     torch.ops.pe_ext.add_pe_out.default(x, table, offset, scale, seq_dim, out, **keywords)
     return out
-
-
-def _refuse_autograd(what: str, *tensors: Tensor | None) -> None:
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        raise RuntimeError(
-            f"pe_ext: {what} does not support autograd and x, table or alpha requires grad; use add_sinusoidal_pe "
-            "without out=, or run under torch.no_grad()"
-        )
 
 
 def add_sinusoidal_pe_(x: Tensor, table: Tensor | None = None, *, offset: int = 0, scale: float = 1.0,
@@ -93,20 +100,18 @@ def add_sinusoidal_pe_(x: Tensor, table: Tensor | None = None, *, offset: int = 
     """add_sinusoidal_pe written into x, which is returned. Refuses tensors that autograd tracks."""
     seq_dim = _seq_dim(x, batch_first)
     keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx), **encoding}
-    _refuse_autograd("add_sinusoidal_pe_ (in place)", x, table, keywords["alpha"])
-    torch.ops.pe_ext.add_pe_.default(x, table, offset, scale, seq_dim, **keywords)
+    torch.ops.pe_ext.add_pe_.default(x, table, _checked_offset(offset), scale, seq_dim, **keywords)
     return x
 
 
 def sinusoidal_table(num_positions: int, d_model: int, *, offset: int = 0, dtype: torch.dtype = torch.float32,
                      device: torch.device | str | None = None, **encoding) -> Tensor:
     """The (num_positions, d_model) table of pe(offset + p, :), built by a kernel on `device`."""
-    if num_positions < 0:
-        raise ValueError(f"pe_ext: num_positions (max_len) must be >= 0, got {num_positions}")
-    if d_model <= 0:
-        raise ValueError(f"pe_ext: d_model must be > 0, got {d_model}")
+    check_table_args(num_positions, d_model)
+    if dtype not in reference.SUPPORTED_DTYPES:
+        raise TypeError(f"pe_ext: dtype must be float32, float64, float16 or bfloat16, got {dtype}")
     out = torch.empty(num_positions, d_model, dtype=dtype, device=device)
-    torch.ops.pe_ext.fill_table_.default(out, offset, **encoding)
+    torch.ops.pe_ext.fill_table_.default(out, _checked_offset(offset), **encoding)
     return out
 
 
@@ -129,22 +134,28 @@ def make_positions(tokens: Tensor, padding_idx: int) -> Tensor:
     return torch.cumsum(mask, dim=1) * mask + padding_idx
 
 
+# The fake kernels serve torch.compile and meta tensors (and calls mixing them with real ones, which dispatch here):
+# they run the ops' checks, all but those that read addresses or values.
 if _backend.has_extension():  # the fallback's add_pe is a composite of torch ops, which brings its own
     @torch.library.register_fake("pe_ext::add_pe")
     def _add_pe_fake(x, table=None, offset=0, scale=1.0, seq_dim=1, **keywords):
+        reference.check_add_pe(x, table, offset, scale, seq_dim, reference._keywords(**keywords), None, reference.NEW,
+                               data=False)
         return torch.empty_like(x)
 
 
 @torch.library.register_fake("pe_ext::add_pe_")
 def _add_pe_inplace_fake(x, table=None, offset=0, scale=1.0, seq_dim=1, **keywords):
-    return None
+    reference.check_add_pe(x, table, offset, scale, seq_dim, reference._keywords(**keywords), None,
+                           reference.IN_PLACE, data=False)
 
 
 @torch.library.register_fake("pe_ext::add_pe_out")
 def _add_pe_out_fake(x, table, offset, scale, seq_dim, out, **keywords):
-    return None
+    reference.check_add_pe(x, table, offset, scale, seq_dim, reference._keywords(**keywords), out, reference.OUT,
+                           data=False)
 
 
 @torch.library.register_fake("pe_ext::fill_table_")
 def _fill_table_fake(out, offset=0, **keywords):
-    return None
+    reference.check_fill_table(out, offset, reference._keywords(**keywords), data=False)

@@ -73,9 +73,21 @@ def _check_dtype(t: Tensor, name: str) -> None:
         raise TypeError(f"pe_ext: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
 
 
-def _check_no_internal_overlap(t: Tensor, name: str) -> None:
-    # The same rule as at::has_internal_overlap: a zero stride on a dimension of size > 1 repeats elements.
-    if any(stride == 0 and size > 1 for size, stride in zip(t.shape, t.stride())):
+def _has_distinct_elements(t: Tensor) -> bool:
+    """Whether t's elements provably lie at distinct addresses: with its dimensions of size > 1 sorted by stride,
+    each stride steps past everything the smaller ones reach (as csrc/ops.cpp)."""
+    if t.numel() == 0:
+        return True
+    reach = 0  # the largest element offset the smaller dimensions reach
+    for stride, size in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n > 1):
+        if stride <= reach:
+            return False
+        reach += (size - 1) * stride
+    return True
+
+
+def _check_distinct_elements(t: Tensor, name: str) -> None:
+    if not _has_distinct_elements(t):
         raise ValueError(
             f"pe_ext: {name} has elements that share memory (an expanded or overlapping view); it cannot be "
             f"written to. Pass a tensor with distinct elements, e.g. {name}.contiguous()"
@@ -83,16 +95,34 @@ def _check_no_internal_overlap(t: Tensor, name: str) -> None:
 
 
 def _share_memory(a: Tensor, b: Tensor) -> bool:
-    """Whether the byte ranges a and b span in one storage intersect (conservative, as at::assert_no_overlap)."""
-    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr() or a.numel() == 0 or b.numel() == 0:
+    """Whether the address ranges a and b span in one storage intersect (conservative, as csrc/ops.cpp)."""
+    if a.numel() == 0 or b.numel() == 0 or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
         return False
 
     def span(t):
         start = t.data_ptr()
-        return start, start + sum((n - 1) * st for n, st in zip(t.shape, t.stride())) * t.element_size() + t.element_size()
+        return start, start + (sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1) * t.element_size()
 
     (a0, a1), (b0, b1) = span(a), span(b)
     return a0 < b1 and b0 < a1
+
+
+def _check_no_shared_memory(written: Tensor, name: str, read: Tensor, read_name: str) -> None:
+    if _share_memory(written, read):
+        raise ValueError(f"pe_ext: {name}'s memory overlaps {read_name}'s, which the op still reads while writing "
+                         f"{name}; pass a separate tensor (e.g. {read_name}.clone())")
+
+
+def _check_untracked(t: Tensor | None, name: str, op: str) -> None:
+    # No autograd formula for the writing ops: refuse tensors autograd tracks (as csrc/ops.cpp and torch's out= ops).
+    if t is not None and torch.is_grad_enabled() and t.requires_grad:
+        raise RuntimeError(f"pe_ext: {name} requires grad, but {op} has no autograd formula; use the out-of-place "
+                           "add_sinusoidal_pe, or run under torch.no_grad()")
+
+
+# Where a call writes its result, as csrc/pe_ops.h's Write: a fresh tensor (add_pe), x itself (add_pe_), or a
+# caller's tensor (add_pe_out).
+NEW, IN_PLACE, OUT = "new", "in_place", "out"
 
 
 def _checked_seq_dim(x: Tensor, seq_dim: int) -> int:
@@ -133,15 +163,69 @@ def _checked_table(table: Tensor, x: Tensor, d_model: int, last_position: int) -
     return rows
 
 
-def _add_pe_values(x: Tensor, table: Tensor | None, offset: int, scale: float, seq_dim: int, keywords: dict) -> Tensor:
+def check_add_pe(x: Tensor, table: Tensor | None, offset: int, scale: float, seq_dim: int, keywords: dict,
+                 out: Tensor | None, write: str, data: bool = True):
+    """add_pe's checks, in csrc/ops.cpp's order. data=False (fake tensors, which hold no data) leaves out those that
+    read addresses or values. Returns (seq_dim, offset + positions or None, one past the largest position)."""
     dim = _checked_seq_dim(x, seq_dim)
     if not math.isfinite(scale):
         raise ValueError(f"pe_ext: scale must be finite, got {scale}")
+    _check_encoding(x.shape[-1], keywords)
+    if out is not None and write == OUT:
+        if out.shape != x.shape:
+            raise ValueError(f"pe_ext: out must have x's shape {list(x.shape)}, got {list(out.shape)}")
+        if out.dtype != x.dtype:
+            raise TypeError(f"pe_ext: out must have x's dtype ({x.dtype}), got {out.dtype}")
+        if out.device != x.device:
+            raise ValueError(f"pe_ext: out is on {out.device} but x is on {x.device}")
+    if write != NEW:
+        op = "add_pe_ (in place)" if write == IN_PLACE else "add_pe_out (out=)"
+        for name, t in (("x", x), ("table", table), ("alpha", keywords["alpha"])):
+            _check_untracked(t, name, op)
+        if write == OUT:
+            _check_untracked(out, "out", op)
+    written, written_name = (x, "x") if write == IN_PLACE else (out, "out")
+    if written is not None and data:
+        _check_distinct_elements(written, written_name)
+        if write == OUT:
+            _check_no_shared_memory(out, "out", x, "x")
+    _check_padding_and_dropout(keywords)
+    _checked_alpha(keywords["alpha"], x)
+    ids, last_position = _checked_positions(keywords, x, x.shape[:-1], x.shape[dim], offset, data)
+    if table is not None:
+        _checked_table(table, x, x.shape[-1], last_position)
+        if written is not None and data:
+            _check_no_shared_memory(written, written_name, table, "table")
+    return dim, ids, last_position
+
+
+def _check_padding_and_dropout(keywords: dict) -> None:
+    if keywords["padding_idx"] < -1:
+        raise ValueError(f"pe_ext: padding_idx must be >= 0, or -1 for none; got {keywords['padding_idx']}")
+    if not 0 <= keywords["dropout"] < 1:
+        raise ValueError(f"pe_ext: dropout must be in [0, 1), got {keywords['dropout']}")
+
+
+def check_fill_table(out: Tensor, offset: int, keywords: dict, data: bool = True) -> None:
+    """fill_table_'s checks, in csrc/ops.cpp's order (data: as in check_add_pe)."""
+    if out.dim() != 2:
+        raise ValueError(f"pe_ext: out must be 2-D (num_positions, d_model), got shape {list(out.shape)}")
+    _check_dtype(out, "out")
+    _check_encoding(out.shape[1], keywords)
+    _check_untracked(out, "out", "fill_table_")
+    _check_untracked(keywords["alpha"], "alpha", "fill_table_")
+    if data:
+        _check_distinct_elements(out, "out")
+    _check_padding_and_dropout(keywords)
+    _checked_alpha(keywords["alpha"], out)
+    _checked_positions(keywords, out, out.shape[:-1], out.shape[0], offset, data)
+
+
+def _add_pe_values(x: Tensor, table: Tensor | None, offset: int, scale: float, seq_dim: int, keywords: dict,
+                   ids: Tensor | None, dim: int) -> Tensor:
+    """x * scale + alpha * pe(position), then dropout, for checked arguments (see check_add_pe)."""
     seq_len, d_model = x.shape[dim], x.shape[-1]
-    _check_encoding(d_model, keywords)
     acc = acc_dtype(x.dtype)
-    alpha = _checked_alpha(keywords["alpha"], x)
-    ids, last_position = _checked_positions(keywords, x, x.shape[:-1], seq_len, offset)
     if ids is None:  # (seq_len,) positions along seq_dim, the same for the whole batch
         ids = torch.arange(offset, offset + seq_len, device=x.device)
         shape = [seq_len if d == dim else 1 for d in range(x.dim() - 1)]
@@ -149,17 +233,15 @@ def _add_pe_values(x: Tensor, table: Tensor | None, offset: int, scale: float, s
         shape = list(ids.shape) if ids.dim() == x.dim() - 1 else [seq_len if d == dim else 1 for d in range(x.dim() - 1)]
     flat = ids.reshape(-1)
     if table is not None:
-        pe = _checked_table(table, x, d_model, last_position).to(acc)[flat]
+        pe = (table[0] if table.dim() == 3 else table).to(acc)[flat]
     else:
         pe = pe_rows(flat, d_model, acc, **_encoding_only(keywords))
     if keywords["padding_idx"] >= 0:
         pe = torch.where((flat == keywords["padding_idx"])[:, None], torch.zeros_like(pe), pe)
-    if alpha is not None:
-        pe = pe * alpha.to(acc)
+    if keywords["alpha"] is not None:
+        pe = pe * keywords["alpha"].reshape(()).to(acc)
     out = x.to(acc) * scale + pe.reshape(*shape, d_model)
     dropout = keywords["dropout"]
-    if not 0 <= dropout < 1:
-        raise ValueError(f"pe_ext: dropout must be in [0, 1), got {dropout}")
     if dropout > 0:
         # Logical index (b * seq_len + l) * d_model + col of every element, laid out like x.
         batch_first_shape = (1 if x.dim() == 2 else x.shape[1 - dim], seq_len, d_model)
@@ -206,10 +288,9 @@ def _checked_alpha(alpha: Tensor | None, like: Tensor) -> Tensor | None:
     return alpha.reshape(())
 
 
-def _checked_positions(keywords: dict, like: Tensor, leading, seq_len: int, offset: int):
-    """(offset + positions, one past the largest position), or (None, offset + seq_len) without positions."""
-    if keywords["padding_idx"] < -1:
-        raise ValueError(f"pe_ext: padding_idx must be >= 0, or -1 for none; got {keywords['padding_idx']}")
+def _checked_positions(keywords: dict, like: Tensor, leading, seq_len: int, offset: int, data: bool = True):
+    """(offset + positions, one past the largest position), or (None, offset + seq_len) without positions (or
+    without data to read them)."""
     _check_positions(offset, seq_len)
     positions = keywords["positions"]
     if positions is None:
@@ -221,6 +302,8 @@ def _checked_positions(keywords: dict, like: Tensor, leading, seq_len: int, offs
     if not (positions.shape == leading or (positions.dim() == 1 and positions.shape[0] == seq_len)):
         raise ValueError(f"pe_ext: positions must have shape {list(leading)} (one per element of x but d_model) or "
                          f"({seq_len},) (shared by the batch), got {list(positions.shape)}")
+    if not data:
+        return None, offset + seq_len
     if positions.numel() == 0:
         return positions.long() + offset, offset
     low, high = int(positions.min()), int(positions.max())
@@ -242,45 +325,39 @@ def _encoding_only(keywords: dict) -> dict:
 
 
 # The ops, with the schemas' signatures (pe_ext/_backend.py): the keywords are pe_rows' encoding keywords and
-# positions (explicit ids), padding_idx (the position with a zero pe) and alpha (a 0-dim factor on pe).
+# positions (explicit ids), padding_idx (the position with a zero pe), alpha (a 0-dim factor on pe), dropout and seed.
 def add_pe(x: Tensor, table: Tensor | None = None, offset: int = 0, scale: float = 1.0, seq_dim: int = 1,
            **keywords) -> Tensor:
-    """out = x * scale + pe(offset + l) along dimension seq_dim of x."""
-    return _add_pe_values(x, table, offset, scale, seq_dim, _keywords(**keywords))
+    """out = x * scale + alpha * pe(position) along dimension seq_dim of x, then dropout."""
+    keywords = _keywords(**keywords)
+    dim, ids, _ = check_add_pe(x, table, offset, scale, seq_dim, keywords, None, NEW)
+    return _add_pe_values(x, table, offset, scale, seq_dim, keywords, ids, dim)
 
 
 def add_pe_(x: Tensor, table: Tensor | None = None, offset: int = 0, scale: float = 1.0, seq_dim: int = 1,
             **keywords) -> None:
     """add_pe written into x."""
-    _checked_seq_dim(x, seq_dim)
-    _check_no_internal_overlap(x, "x")
-    x.copy_(_add_pe_values(x, table, offset, scale, seq_dim, _keywords(**keywords)))
+    keywords = _keywords(**keywords)
+    dim, ids, _ = check_add_pe(x, table, offset, scale, seq_dim, keywords, None, IN_PLACE)
+    x.copy_(_add_pe_values(x, table, offset, scale, seq_dim, keywords, ids, dim))
 
 
 def add_pe_out(x: Tensor, table: Tensor | None, offset: int, scale: float, seq_dim: int, out: Tensor,
                **keywords) -> None:
     """add_pe written into out, which has x's shape, dtype and device and does not overlap x."""
-    if out.shape != x.shape:
-        raise ValueError(f"pe_ext: out must have x's shape {list(x.shape)}, got {list(out.shape)}")
-    if out.dtype != x.dtype:
-        raise TypeError(f"pe_ext: out must have x's dtype ({x.dtype}), got {out.dtype}")
-    if out.device != x.device:
-        raise ValueError(f"pe_ext: out is on {out.device} but x is on {x.device}")
-    _check_no_internal_overlap(out, "out")
-    if out.numel() > 0 and _share_memory(out, x):
-        raise ValueError("pe_ext: out must not overlap x; use add_pe_ to write into x")
-    out.copy_(_add_pe_values(x, table, offset, scale, seq_dim, _keywords(**keywords)))
+    keywords = _keywords(**keywords)
+    dim, ids, _ = check_add_pe(x, table, offset, scale, seq_dim, keywords, out, OUT)
+    out.copy_(_add_pe_values(x, table, offset, scale, seq_dim, keywords, ids, dim))
 
 
 def fill_table_(out: Tensor, offset: int = 0, **keywords) -> None:
     """out[p, :] = alpha * pe(offset + p, :) (or of offset + positions[p])."""
     keywords = _keywords(**keywords)
-    if out.dim() != 2:
-        raise ValueError(f"pe_ext: out must be 2-D (num_positions, d_model), got shape {list(out.shape)}")
-    _check_dtype(out, "out")
-    _check_no_internal_overlap(out, "out")
+    check_fill_table(out, offset, keywords)
     # A table is the add with x = 0 along (num_positions,) positions.
-    out.copy_(_add_pe_values(torch.zeros_like(out), None, offset, 1.0, 0, keywords))
+    zeros = torch.zeros_like(out)
+    dim, ids, _ = check_add_pe(zeros, None, offset, 1.0, 0, keywords, None, NEW)
+    out.copy_(_add_pe_values(zeros, None, offset, 1.0, 0, keywords, ids, dim))
 
 
 def _keywords(base: float = 10000.0, layout: str = "interleaved", frequencies: str = "paper",

@@ -29,7 +29,7 @@ void cuda_grid_emulator(const at::Tensor& out, const c10::optional<at::Tensor>& 
                         const c10::optional<at::Tensor>& table, c10::SymInt offset, double scale, int64_t seq_dim,
                         int64_t num_sms, PE_KEYWORD_PARAMS) {
   if (x.has_value() && x->defined()) {
-    run_grid(prepare_add_pe(*x, table, offset.expect_int(), scale, seq_dim, PE_KEYWORD_ARGS, out), num_sms);
+    run_grid(prepare_add_pe(*x, table, offset.expect_int(), scale, seq_dim, PE_KEYWORD_ARGS, out, Write::kOut), num_sms);
   } else {
     run_grid(prepare_fill_table(out, offset.expect_int(), PE_KEYWORD_ARGS), num_sms);
   }

@@ -1,0 +1,292 @@
+"""Every bad input gets a clear error, raised before anything is written: one table of bad calls, each with the
+exception type it must raise and a pattern its message must match (naming the argument at fault), run against the
+compiled ops and the pure-PyTorch fallback alike, so the two keep the same checks.
+
+Position tensors are not in the API yet (another issue adds them), so their rows (wrong shape, dtype, device) are not
+here. Without a GPU, x and table on different devices are emulated with the meta device: a call mixing meta and CPU
+tensors dispatches to the fake kernels in pe_ext/ops.py, which run reference.py's checks; the C++ device check is
+exercised on a GPU by tests/test_cuda.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import FORCED_FALLBACK
+
+import pe_ext
+import pe_ext.reference
+
+BASE = 10000.0
+I64 = 2**63 - 1
+
+
+def x3(*shape, dtype=torch.float32, **kwargs):
+    """A (2, 5, 8) x by default: batch 2, seq_len 5, d_model 8."""
+    return torch.randn(*(shape or (2, 5, 8)), **kwargs).to(dtype)
+
+
+def table(rows=16, d_model=8, dtype=torch.float32, **kwargs):
+    return torch.randn(rows, d_model, **kwargs).to(dtype)
+
+
+def overlapping(shape, strides):
+    """A view whose elements share memory without a zero stride (at::has_internal_overlap cannot tell)."""
+    return torch.randn(200).as_strided(shape, strides)
+
+
+def leaf_requiring_grad(*shape):
+    return torch.randn(*shape, requires_grad=True)
+
+
+def x_viewing_table():
+    t = torch.randn(16, 8)
+    return t[:5], t  # x is the first rows of the table
+
+
+def row(op, make, error, match, id):
+    return pytest.param(op, make, error, match, id=id)
+
+
+# (op, arguments (made fresh for each call), exception type, message pattern). Arguments are listed as
+# add_pe/add_pe_(x, table, offset, scale, base, seq_dim), add_pe_out(..., out), fill_table_(out, offset, base);
+# call_op passes base as the keyword the schemas make it.
+OP_ROWS = [
+    # rank
+    row("add_pe", lambda: (torch.randn(8), None, 0, 1.0, BASE, 0), ValueError, r"x must be 2-D.*got a 1-D", "x_1d"),
+    row("add_pe", lambda: (torch.tensor(1.0), None, 0, 1.0, BASE, 0), ValueError, r"x must be 2-D.*got a 0-D", "x_0d"),
+    row("add_pe_", lambda: (x3(1, 2, 5, 8), None, 0, 1.0, BASE, 1), ValueError, r"x must be 2-D.*got a 4-D", "x_4d"),
+    row("add_pe", lambda: (x3(), torch.randn(16), 0, 1.0, BASE, 1), ValueError, r"table must have shape", "table_1d"),
+    row("add_pe_", lambda: (x3(), torch.randn(2, 16, 8), 0, 1.0, BASE, 1), ValueError, r"table must have shape",
+        "table_3d_batched"),
+    row("add_pe_out", lambda: (x3(), None, 0, 1.0, BASE, 1, x3(2, 6, 8)), ValueError, r"out must have x's shape",
+        "out_shape"),
+    row("fill_table_", lambda: (torch.randn(1, 4, 8), 0, BASE), ValueError, r"out must be 2-D", "fill_out_3d"),
+    # d_model: the table's width
+    row("add_pe", lambda: (x3(), table(d_model=16), 0, 1.0, BASE, 1), ValueError,
+        r"table's last dimension \(16\) must equal x's last dimension d_model \(8\)", "table_width"),
+    row("add_pe_", lambda: (x3(), table(d_model=7).unsqueeze(0), 0, 1.0, BASE, 1), ValueError,
+        r"table's last dimension \(7\).*d_model \(8\)", "table_width_inplace"),
+    # dtypes: x that is not floating point, tables and outputs that cannot work with x
+    *[row(op, lambda dtype=dtype: (x3(dtype=dtype), None, 0, 1.0, BASE, 1), TypeError,
+          r"x must be float32, float64, float16 or bfloat16", f"{op}_x_{str(dtype)[6:]}")
+      for op in ("add_pe", "add_pe_")
+      for dtype in (torch.int32, torch.int64, torch.uint8, torch.bool, torch.complex64)],
+    row("add_pe_out", lambda: (x3(dtype=torch.int64), None, 0, 1.0, BASE, 1, x3(dtype=torch.int64)), TypeError,
+        r"x must be float32", "out_x_int"),
+    row("add_pe_out", lambda: (x3(), None, 0, 1.0, BASE, 1, x3(dtype=torch.int32)), TypeError,
+        r"out must have x's dtype", "out_int"),
+    row("add_pe_out", lambda: (x3(), None, 0, 1.0, BASE, 1, x3(dtype=torch.float64)), TypeError,
+        r"out must have x's dtype", "out_float64"),
+    row("add_pe", lambda: (x3(), table(dtype=torch.float16), 0, 1.0, BASE, 1), TypeError,
+        r"table must be float32 or x's dtype", "table_fp16_x_fp32"),
+    row("add_pe_", lambda: (x3(dtype=torch.float16), table(dtype=torch.bfloat16), 0, 1.0, BASE, 1), TypeError,
+        r"table must be float32 or x's dtype", "table_bf16_x_fp16"),
+    row("add_pe_", lambda: (x3(), table(dtype=torch.int32), 0, 1.0, BASE, 1), TypeError,
+        r"table must be float32 or x's dtype", "table_int"),
+    row("fill_table_", lambda: (torch.zeros(4, 8, dtype=torch.int32), 0, BASE), TypeError,
+        r"out must be float32, float64, float16 or bfloat16", "fill_out_int"),
+    row("fill_table_", lambda: (torch.zeros(4, 8, dtype=torch.complex64), 0, BASE), TypeError,
+        r"out must be float32", "fill_out_complex"),
+    # devices (meta emulates a second device; see the module docstring)
+    row("add_pe", lambda: (x3(), table(device="meta"), 0, 1.0, BASE, 1), ValueError,
+        r"table is on meta but x is on cpu", "table_meta_x_cpu"),
+    row("add_pe_", lambda: (x3(), table(device="meta"), 0, 1.0, BASE, 1), ValueError,
+        r"table is on meta but x is on cpu", "table_meta_x_cpu_inplace"),
+    row("add_pe", lambda: (x3(device="meta"), table(), 0, 1.0, BASE, 1), ValueError,
+        r"table is on cpu but x is on meta", "table_cpu_x_meta"),
+    row("add_pe_out", lambda: (x3(), None, 0, 1.0, BASE, 1, x3(device="meta")), ValueError,
+        r"out is on meta but x is on cpu", "out_meta_x_cpu"),
+    # a table too short for the positions asked
+    row("add_pe", lambda: (x3(), table(rows=7), 3, 1.0, BASE, 1), ValueError,
+        r"positions up to 7 need 8 table rows, but the table has 7 \(max_len\)", "table_short"),
+    row("add_pe_", lambda: (x3(), table(rows=4).unsqueeze(0), 0, 1.0, BASE, 1), ValueError,
+        r"need 5 table rows, but the table has 4", "table_short_inplace"),
+    row("add_pe_out", lambda: (x3(5, 2, 8), table(rows=5), 1, 1.0, BASE, 0, x3(5, 2, 8)), ValueError,
+        r"need 6 table rows, but the table has 5", "table_short_out_seq_first"),
+    row("add_pe_", lambda: (x3(2, 5, 8), table(rows=5), I64 - 5, 1.0, BASE, 1), ValueError,
+        r"need 9223372036854775807 table rows, but the table has 5", "table_short_huge_offset"),
+    # offsets
+    row("add_pe", lambda: (x3(), None, -1, 1.0, BASE, 1), ValueError, r"offset must be >= 0, got -1", "offset_neg"),
+    row("add_pe_", lambda: (x3(), None, -(2**63), 1.0, BASE, 1), ValueError, r"offset must be >= 0", "offset_min"),
+    row("add_pe_", lambda: (x3(), None, I64, 1.0, BASE, 1), ValueError,
+        r"offset \(9223372036854775807\) \+ seq_len \(5\) overflows int64", "offset_max"),
+    row("add_pe_out", lambda: (x3(), None, I64 - 4, 1.0, BASE, 1, x3()), ValueError,
+        r"offset \(9223372036854775803\) \+ seq_len \(5\) overflows int64", "offset_overflow_by_one"),
+    row("fill_table_", lambda: (torch.zeros(4, 8), -3, BASE), ValueError, r"offset must be >= 0", "fill_offset_neg"),
+    row("fill_table_", lambda: (torch.zeros(4, 8), I64 - 2, BASE), ValueError, r"offset .* overflows int64",
+        "fill_offset_overflow"),
+    # base, scale, seq_dim
+    *[row(op, lambda base=base: (x3(), None, 0, 1.0, base, 1), ValueError,
+          r"base must be a positive finite number", f"{op}_base_{base}")
+      for op in ("add_pe", "add_pe_")
+      for base in (0.0, -2.0, float("nan"), float("inf"), float("-inf"))],
+    *[row("fill_table_", lambda base=base: (torch.zeros(4, 8), 0, base), ValueError,
+          r"base must be a positive finite number", f"fill_base_{base}")
+      for base in (0.0, -1.0, float("nan"), float("inf"))],
+    *[row("add_pe_", lambda scale=scale: (x3(), None, 0, scale, BASE, 1), ValueError, r"scale must be finite",
+          f"scale_{scale}")
+      for scale in (float("nan"), float("inf"), float("-inf"))],
+    *[row("add_pe_", lambda shape=shape, seq_dim=seq_dim: (x3(*shape), None, 0, 1.0, BASE, seq_dim), ValueError,
+          r"seq_dim must index a dimension of x other than the last", f"seq_dim_{seq_dim}_of_{len(shape)}d")
+      for shape, seq_dim in [((2, 5, 8), 2), ((2, 5, 8), -1), ((2, 5, 8), 3), ((2, 5, 8), -4), ((5, 8), 1),
+                             ((5, 8), -3)]],
+    # writing into tensors autograd tracks
+    row("add_pe_", lambda: (leaf_requiring_grad(2, 5, 8), None, 0, 1.0, BASE, 1), RuntimeError,
+        r"x requires grad, but add_pe_ \(in place\) has no autograd formula", "inplace_leaf_requires_grad"),
+    row("add_pe_", lambda: (leaf_requiring_grad(2, 5, 8) * 2, None, 0, 1.0, BASE, 1), RuntimeError,
+        r"x requires grad", "inplace_nonleaf_requires_grad"),
+    row("add_pe_", lambda: (x3(), table().requires_grad_(), 0, 1.0, BASE, 1), RuntimeError,
+        r"table requires grad, but add_pe_", "inplace_table_requires_grad"),
+    row("add_pe_out", lambda: (leaf_requiring_grad(2, 5, 8), None, 0, 1.0, BASE, 1, x3()), RuntimeError,
+        r"x requires grad, but add_pe_out \(out=\)", "out_x_requires_grad"),
+    row("add_pe_out", lambda: (x3(), table().requires_grad_(), 0, 1.0, BASE, 1, x3()), RuntimeError,
+        r"table requires grad, but add_pe_out", "out_table_requires_grad"),
+    row("add_pe_out", lambda: (x3(), None, 0, 1.0, BASE, 1, leaf_requiring_grad(2, 5, 8)), RuntimeError,
+        r"out requires grad, but add_pe_out", "out_requires_grad"),
+    row("fill_table_", lambda: (leaf_requiring_grad(4, 8), 0, BASE), RuntimeError,
+        r"out requires grad, but fill_table_", "fill_out_requires_grad"),
+    # writing into tensors whose elements share memory, or that share memory with what is read
+    row("add_pe_", lambda: (x3(1, 5, 8).expand(3, 5, 8), None, 0, 1.0, BASE, 1), ValueError,
+        r"x has elements that share memory \(an expanded or overlapping view\)", "inplace_expanded_batch"),
+    row("add_pe_", lambda: (x3(2, 5, 1).expand(2, 5, 8), None, 0, 1.0, BASE, 1), ValueError,
+        r"x has elements that share memory", "inplace_expanded_d_model"),
+    row("add_pe_", lambda: (overlapping((2, 5, 8), (8, 4, 1)), None, 0, 1.0, BASE, 1), ValueError,
+        r"x has elements that share memory", "inplace_overlapping_as_strided"),
+    row("add_pe_out", lambda: (x3(), None, 0, 1.0, BASE, 1, x3(1, 5, 8).expand(2, 5, 8)), ValueError,
+        r"out has elements that share memory", "out_expanded"),
+    row("add_pe_out", lambda: (x3(), None, 0, 1.0, BASE, 1, overlapping((2, 5, 8), (1, 8, 1))), ValueError,
+        r"out has elements that share memory", "out_overlapping_as_strided"),
+    row("fill_table_", lambda: (torch.zeros(1, 8).expand(4, 8), 0, BASE), ValueError,
+        r"out has elements that share memory", "fill_out_expanded"),
+    row("add_pe_out", lambda: (lambda x: (x, None, 0, 1.0, BASE, 1, x))(x3()), ValueError,
+        r"out's memory overlaps x's", "out_is_x"),
+    row("add_pe_out", lambda: (lambda b: (b[:, :5], None, 0, 1.0, BASE, 1, b[:, 1:]))(x3(2, 6, 8)), ValueError,
+        r"out's memory overlaps x's", "out_overlaps_x"),
+    row("add_pe_out", lambda: (lambda t: (x3(5, 8), t, 0, 1.0, BASE, 0, t[:5]))(table()), ValueError,
+        r"out's memory overlaps table's", "out_overlaps_table"),
+    row("add_pe_", lambda: (lambda x, t: (x, t, 0, 1.0, BASE, 0))(*x_viewing_table()), ValueError,
+        r"x's memory overlaps table's", "inplace_x_overlaps_table"),
+]
+
+
+def snapshot(args):
+    """Copies of the tensor arguments that have data, to show after a refused call that nothing was written."""
+    return [a.detach().clone() if isinstance(a, torch.Tensor) and not a.is_meta else None for a in args]
+
+
+def assert_unchanged(args, before):
+    for arg, copy in zip(args, before):
+        if copy is not None:
+            assert torch.equal(arg.detach(), copy), "a refused call wrote into its arguments"
+
+
+def assert_refused(fn, args, error, match):
+    before = snapshot(args)
+    with pytest.raises(error, match=match) as caught:
+        fn(*args)
+    assert type(caught.value) is error  # not a subclass: ValueError and TypeError exactly, as TORCH_CHECK_VALUE/TYPE
+    assert str(caught.value).startswith("pe_ext: ")
+    assert_unchanged(args, before)
+
+
+IMPLS = {"compiled": lambda op: getattr(torch.ops.pe_ext, op), "reference": lambda op: getattr(pe_ext.reference, op)}
+
+
+def call_op(fn, op):
+    """fn called with OP_ROWS' argument lists, base moved to its keyword."""
+    def call(*args):
+        if op == "fill_table_":
+            out, offset, base = args
+            return fn(out, offset, base=base)
+        x, table, offset, scale, base, seq_dim, *out = args
+        return fn(x, table, offset, scale, seq_dim, *out, base=base)
+
+    return call
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("op,make,error,match", OP_ROWS)
+def test_op_refuses_bad_input(impl, op, make, error, match):
+    assert_refused(call_op(IMPLS[impl](op), op), make(), error, match)
+
+
+# The public functions and the module: what they check before (or instead of) the ops.
+PUBLIC_ROWS = [
+    row(lambda: pe_ext.PositionalEncoding(0), lambda: (), ValueError, r"d_model must be > 0, got 0", "module_d_model_0"),
+    row(lambda: pe_ext.PositionalEncoding(-8), lambda: (), ValueError, r"d_model must be > 0", "module_d_model_neg"),
+    row(lambda: pe_ext.PositionalEncoding(8, max_len=-1), lambda: (), ValueError, r"max_len.* must be >= 0, got -1",
+        "module_max_len_neg"),
+    *[row(lambda base=base: pe_ext.PositionalEncoding(8, 16, base=base, buffer=buffer), lambda: (), ValueError,
+          r"base must be a positive finite number", f"module_base_{base}_{buffer}")
+      for base in (0.0, -1.0, float("nan"), float("inf"))
+      for buffer in ("persistent", "none")],
+    *[row(lambda dropout=dropout: pe_ext.PositionalEncoding(8, 16, dropout=dropout), lambda: (), ValueError,
+          r"dropout must be in \[0, 1\)", f"module_dropout_{dropout}")
+      for dropout in (-0.1, 1.0, 1.5, float("nan"), float("inf"))],
+    row(lambda: pe_ext.PositionalEncoding(8, 16, buffer="sometimes"), lambda: (), ValueError, r"buffer must be one of",
+        "module_buffer"),
+    row(lambda: pe_ext.sinusoidal_table(-1, 8), lambda: (), ValueError, r"num_positions \(max_len\) must be >= 0",
+        "table_num_positions_neg"),
+    row(lambda: pe_ext.sinusoidal_table(4, 0), lambda: (), ValueError, r"d_model must be > 0", "table_d_model_0"),
+    *[row(lambda base=base: pe_ext.sinusoidal_table(4, 8, base=base), lambda: (), ValueError,
+          r"base must be a positive finite number", f"table_base_{base}")
+      for base in (0.0, -1.0, float("nan"), float("inf"))],
+    row(lambda: pe_ext.sinusoidal_table(4, 8, dtype=torch.int32), lambda: (), TypeError,
+        r"dtype must be float32, float64, float16 or bfloat16", "table_dtype_int"),
+    row(lambda: pe_ext.sinusoidal_table(4, 8, offset=-1), lambda: (), ValueError, r"offset must be >= 0",
+        "table_offset_neg"),
+    row(lambda: pe_ext.sinusoidal_table(4, 8, offset=2**63), lambda: (), ValueError, r"offset .*fit in int64",
+        "table_offset_2_63"),
+    row(lambda: pe_ext.sinusoidal_table(4, 8, base=BASE, device="meta", offset=I64), lambda: (), ValueError,
+        r"offset .* overflows int64", "table_meta_offset_overflow"),
+    row(lambda x: pe_ext.add_sinusoidal_pe(x, offset=2**63), lambda: (x3(),), ValueError,
+        r"offset must be >= 0 and fit in int64, got 9223372036854775808", "fn_offset_2_63"),
+    row(lambda x: pe_ext.add_sinusoidal_pe_(x, offset=-(2**70)), lambda: (x3(),), ValueError,
+        r"offset must be >= 0", "fn_inplace_offset_below_int64"),
+    row(lambda x: pe_ext.add_sinusoidal_pe_(x), lambda: (leaf_requiring_grad(2, 5, 8),), RuntimeError,
+        r"x requires grad, but add_pe_ \(in place\)", "fn_inplace_requires_grad"),
+    row(lambda x, out: pe_ext.add_sinusoidal_pe(x, out=out), lambda: (leaf_requiring_grad(2, 5, 8), x3()),
+        RuntimeError, r"x requires grad, but add_pe_out \(out=\)", "fn_out_requires_grad"),
+    row(lambda x, t: pe_ext.add_sinusoidal_pe_(x, t), lambda: (x3(), table(dtype=torch.float64)), TypeError,
+        r"table must be float32 or x's dtype", "fn_inplace_table_dtype"),
+    row(lambda x: pe_ext.PositionalEncoding(8, 16)(x), lambda: (x3(2, 5, 16),), ValueError,
+        r"x's last dimension \(16\) must equal d_model \(8\)", "module_width"),
+    row(lambda x: pe_ext.PositionalEncoding(8, 16, buffer="none")(x), lambda: (x3(2, 5, 4),), ValueError,
+        r"x's last dimension \(4\) must equal d_model \(8\)", "module_width_no_table"),
+    row(lambda x: pe_ext.PositionalEncoding(8, 16)(x), lambda: (torch.tensor(1.0),), ValueError,
+        r"x must be 2-D.*got a 0-D", "module_x_0d"),
+    row(lambda x: pe_ext.PositionalEncoding(8, 16)(x), lambda: (x3(1, 2, 5, 8),), ValueError,
+        r"x must be 2-D.*got a 4-D", "module_x_4d"),
+    row(lambda x: pe_ext.PositionalEncoding(8, 16)(x), lambda: (x3(dtype=torch.int64),), TypeError,
+        r"x must be float32", "module_x_int"),
+    row(lambda x: pe_ext.PositionalEncoding(8, 16)(x, offset=12), lambda: (x3(),), ValueError,
+        r"offset 12 needs 17 positions, more than max_len=16", "module_past_max_len"),
+    row(lambda x: pe_ext.PositionalEncoding(8, 16, buffer="none")(x, offset=2**63), lambda: (x3(),), ValueError,
+        r"offset must be >= 0 and fit in int64", "module_offset_2_63"),
+    row(lambda x: pe_ext.PositionalEncoding(8, 16, buffer="none")(x, offset=-1), lambda: (x3(),), ValueError,
+        r"offset must be >= 0, got -1", "module_offset_neg"),
+]
+
+
+@pytest.mark.parametrize("fn,make,error,match", PUBLIC_ROWS)
+def test_public_api_refuses_bad_input(fn, make, error, match):
+    assert_refused(fn, make(), error, match)
+
+
+@pytest.mark.skipif(FORCED_FALLBACK, reason="already running under the fallback")
+def test_the_table_under_the_fallback():
+    """The public rows reach the ops through whatever is registered; run the whole table with the fallback
+    registered under the op names (no compiled extension loaded), too."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::RuntimeWarning",
+         os.path.join("tests", "test_errors.py")],
+        env={**os.environ, "PE_EXT_FORCE_FALLBACK": "1"}, cwd=root, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout
