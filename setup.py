@@ -44,7 +44,8 @@ def extension():
     ldflags = []
     if env_flag("PE_EXT_SANITIZE"):
         sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
-        cxx = ["-O1", "-g", *sanitize]
+        # -fno-wrapv: Python's build flags pass -fwrapv, which defines signed overflow and so hides it from UBSan.
+        cxx = ["-O1", "-g", "-fno-wrapv", *sanitize]
         ldflags += sanitize
     args = {"cxx": cxx}
     kind = cpp_extension.CppExtension
