@@ -109,7 +109,7 @@ def _check_untracked(t: Tensor, name: str, op: str) -> None:
         )
 
 
-def _checked_table(table: Tensor, x: Tensor, d_model: int, last_position: int) -> Tensor:
+def _check_table(table: Tensor, x: Tensor, d_model: int, last_position: int) -> None:
     if not (table.dim() == 2 or (table.dim() == 3 and table.shape[0] == 1)):
         raise ValueError(f"pe_ext: table must have shape (rows, d_model) or (1, rows, d_model), got {list(table.shape)}")
     rows = table[0] if table.dim() == 3 else table
@@ -129,7 +129,6 @@ def _checked_table(table: Tensor, x: Tensor, d_model: int, last_position: int) -
             f"pe_ext: positions up to offset + seq_len = {last_position} need that many table rows, but the table "
             f"has {rows.shape[0]} (max_len); raise max_len or compute on the fly (no table)"
         )
-    return rows
 
 
 def check_add_pe(x: Tensor, table: Tensor | None, offset: int, scale: float, base: float, seq_dim: int,
@@ -172,7 +171,7 @@ def check_add_pe(x: Tensor, table: Tensor | None, offset: int, scale: float, bas
     seq_len = x.shape[dim]
     _check_positions(offset, seq_len)
     if table is not None:
-        _checked_table(table, x, x.shape[-1], offset + seq_len)
+        _check_table(table, x, x.shape[-1], offset + seq_len)
         if memory and write != NEW:
             _check_no_shared_memory(out, out_name, table, "table")
     return dim
