@@ -12,7 +12,7 @@ ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
 export CUDA_HOME ?= /usr/local/cuda
 endif
 
-.PHONY: setup build test bench clean
+.PHONY: setup build test sanitize bench clean
 
 setup: $(VENV)/.deps-stamp
 
@@ -31,6 +31,10 @@ pe_ext/.build-stamp: $(VENV)/.deps-stamp setup.py $(shell find csrc -type f)
 
 test: build
 	$(PY) -m pytest -q tests
+
+# The C++ CPU code under ASan + UBSan, built into a scratch copy (the normal build is left alone).
+sanitize: setup
+	PYTHON=$(PY) .ci/sanitize.sh
 
 bench: build
 	$(PY) bench/bench_pe.py $(BENCH_ARGS)

@@ -47,7 +47,8 @@ def extension():
     if env_flag("PE_EXT_SANITIZE"):
         sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
         # PE_EXT_SANITIZE also drops the per-ISA clones of the CPU row loops, so the baseline code path is tested.
-        cxx = ["-O1", "-g", "-fopenmp", "-DPE_EXT_SANITIZE", *sanitize]
+        # -fno-wrapv: Python's build flags pass -fwrapv, which defines signed overflow and so hides it from UBSan.
+        cxx = ["-O1", "-g", "-fopenmp", "-fno-wrapv", "-DPE_EXT_SANITIZE", *sanitize]
         ldflags += sanitize
     args = {"cxx": cxx}
     kind = cpp_extension.CppExtension

@@ -217,7 +217,8 @@ def test_op_refuses_bad_input(impl, op, make, error, match):
 
 # The public functions and the module: what they check before (or instead of) the ops.
 PUBLIC_ROWS = [
-    row(lambda: pe_ext.PositionalEncoding(0), lambda: (), ValueError, r"d_model must be > 0, got 0", "module_d_model_0"),
+    row(lambda: pe_ext.PositionalEncoding(0), lambda: (), ValueError, r"d_model must be > 0, got 0",
+        "module_d_model_0"),
     row(lambda: pe_ext.PositionalEncoding(-8), lambda: (), ValueError, r"d_model must be > 0", "module_d_model_neg"),
     row(lambda: pe_ext.PositionalEncoding(8, max_len=-1), lambda: (), ValueError, r"max_len.* must be >= 0, got -1",
         "module_max_len_neg"),
