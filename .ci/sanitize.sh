@@ -16,7 +16,7 @@ stdcxx=$(${CXX:-c++} -print-file-name=libstdc++.so)
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/pe_ext-sanitize.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-cp -r setup.py pyproject.toml csrc pe_ext tests "$work"/
+cp -r setup.py pyproject.toml csrc pe_ext tests examples "$work"/
 rm -f "$work"/pe_ext/_C*.so
 cd "$work"
 
