@@ -117,7 +117,7 @@ def time_cpu(fn) -> tuple[float, float]:
     from torch.utils import benchmark
 
     m = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=0.3)
+        min_run_time=0.5)
     return m.median * 1e6, m.iqr * 1e6
 
 
@@ -161,7 +161,8 @@ def run(args) -> list[Row]:
                 continue
             fn = (lambda f=providers[name]: f(x))
             with torch.no_grad():
-                fn()  # compile / warm up outside the timing
+                for _ in range(3):  # compile, fault in the allocator's pages and warm caches outside the timing
+                    fn()
                 median, spread = timer(fn)
                 extra = peak_extra_mib(fn, device)
             group.append(Row(variant, dtype_name, shape, name, median, spread, moved / median / 1e3,
