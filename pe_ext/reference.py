@@ -140,7 +140,7 @@ def _checked_seq_dim(x: Tensor, seq_dim: int) -> int:
     return seq_dim % x.dim()
 
 
-def _checked_table(table: Tensor, x: Tensor, d_model: int, last_position: int) -> Tensor:
+def _check_table(table: Tensor, x: Tensor, d_model: int, last_position: int) -> None:
     if not (table.dim() == 2 or (table.dim() == 3 and table.shape[0] == 1)):
         raise ValueError(f"pe_ext: table must have shape (rows, d_model) or (1, rows, d_model), got {list(table.shape)}")
     rows = table[0] if table.dim() == 3 else table
@@ -160,7 +160,6 @@ def _checked_table(table: Tensor, x: Tensor, d_model: int, last_position: int) -
             f"pe_ext: positions up to {last_position - 1} need {last_position} table rows, but the table "
             f"has {rows.shape[0]} (max_len); raise max_len or compute on the fly (no table)"
         )
-    return rows
 
 
 def check_add_pe(x: Tensor, table: Tensor | None, offset: int, scale: float, seq_dim: int, keywords: dict,
@@ -190,10 +189,10 @@ def check_add_pe(x: Tensor, table: Tensor | None, offset: int, scale: float, seq
         if write == OUT:
             _check_no_shared_memory(out, "out", x, "x")
     _check_padding_and_dropout(keywords)
-    _checked_alpha(keywords["alpha"], x)
+    _check_alpha(keywords["alpha"], x)
     ids, last_position = _checked_positions(keywords, x, x.shape[:-1], x.shape[dim], offset, data)
     if table is not None:
-        _checked_table(table, x, x.shape[-1], last_position)
+        _check_table(table, x, x.shape[-1], last_position)
         if written is not None and data:
             _check_no_shared_memory(written, written_name, table, "table")
     return dim, ids, last_position
@@ -217,7 +216,7 @@ def check_fill_table(out: Tensor, offset: int, keywords: dict, data: bool = True
     if data:
         _check_distinct_elements(out, "out")
     _check_padding_and_dropout(keywords)
-    _checked_alpha(keywords["alpha"], out)
+    _check_alpha(keywords["alpha"], out)
     _checked_positions(keywords, out, out.shape[:-1], out.shape[0], offset, data)
 
 
@@ -276,16 +275,15 @@ def dropout_keeps(index: Tensor, p: float, seed: int) -> Tensor:
     return (bits >> 8).double() * (1.0 / 16777216.0) >= p
 
 
-def _checked_alpha(alpha: Tensor | None, like: Tensor) -> Tensor | None:
+def _check_alpha(alpha: Tensor | None, like: Tensor) -> None:
     if alpha is None:
-        return None
+        return
     if alpha.numel() != 1:
         raise ValueError(f"pe_ext: alpha must hold one value (a 0-dim tensor), got shape {list(alpha.shape)}")
     if alpha.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"pe_ext: alpha must be a floating tensor, got {alpha.dtype}")
     if alpha.device != like.device:
         raise ValueError(f"pe_ext: alpha is on {alpha.device} but x is on {like.device}")
-    return alpha.reshape(())
 
 
 def _checked_positions(keywords: dict, like: Tensor, leading, seq_len: int, offset: int, data: bool = True):
