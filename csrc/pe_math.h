@@ -133,6 +133,7 @@ PE_HOST_DEVICE void pe_row(const PeSpec& s, int64_t pos, const double* freqs, ac
 // --- Dropout: a counter-based mask, the same on every device and recomputable in backward instead of stored.
 // Element `index` (its logical position (b * seq_len + l) * d_model + col) is kept when its uniform number
 // u = bits / 2^24 >= p, bits being the top 24 bits of word index % 4 of Philox4x32-10(counter = index / 4, key = seed).
+// As integers: bits >= ceil(p * 2^24) (exact, since p * 2^24 is), a compare that vectorizes.
 
 struct PhiloxWords {
   uint32_t w[4];
@@ -162,8 +163,8 @@ PE_HOST_DEVICE PhiloxWords philox4x32_10(uint64_t counter, uint64_t seed) {
   return PhiloxWords{{c0, c1, c2, c3}};
 }
 
-PE_HOST_DEVICE bool dropout_keeps(const PhiloxWords& words, uint64_t index, double p) {
-  return static_cast<double>(words.w[index % 4] >> 8) * (1.0 / 16777216.0) >= p;
-}
+PE_HOST_DEVICE uint32_t dropout_threshold(double p) { return static_cast<uint32_t>(::ceil(p * 16777216.0)); }
+
+PE_HOST_DEVICE bool dropout_keeps(uint32_t word, uint32_t threshold) { return (word >> 8) >= threshold; }
 
 }  // namespace pe_ext

@@ -47,6 +47,37 @@ def test_every_implementation_draws_the_same_mask(impl, shape, seq_dim, layout, 
     torch.testing.assert_close(out.double(), reference.double(), atol=atol, rtol=rtol)
 
 
+def philox4x32_10(counter: tuple[int, int, int, int], key: tuple[int, int]) -> tuple[int, ...]:
+    """Philox4x32-10 (Salmon et al., SC'11) in Python integers: the oracle for the kernels' mask."""
+    mask = 0xFFFFFFFF
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for _ in range(10):
+        p0, p1 = 0xD2511F53 * c0, 0xCD9E8D57 * c2
+        c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 & mask, (p0 >> 32) ^ c3 ^ k1, p0 & mask
+        k0, k1 = (k0 + 0x9E3779B9) & mask, (k1 + 0xBB67AE85) & mask
+    return c0, c1, c2, c3
+
+
+def test_philox_oracle_reproduces_random123_known_answers():
+    assert philox4x32_10((0, 0, 0, 0), (0, 0)) == (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
+    assert philox4x32_10((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2) == (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)
+    assert philox4x32_10((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0)) == (
+        0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)
+
+
+@pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
+@pytest.mark.parametrize("p", [0.3, 1 - 2**-24, 2**-30])
+def test_mask_follows_the_philox_oracle(impl, p):
+    """Element with logical index i is kept iff (word i % 4 of Philox(counter i // 4, key seed)) >> 8 >= p * 2^24."""
+    seed = 2**40 + 977
+    x = torch.randn(3, 7, 13)  # rows of 13: a row's first index is rarely a multiple of 4
+    out = impl(x, None, 0, 1.0, 10000.0, 1, dropout=p, seed=seed)
+    key = (seed & 0xFFFFFFFF, seed >> 32)
+    expected = [(philox4x32_10((i // 4, 0, 0, 0), key)[i % 4] >> 8) / 2**24 >= p for i in range(x.numel())]
+    assert (out != 0).flatten().tolist() == expected
+
+
 def test_seeds_come_from_torch_generator():
     x = torch.randn(4, 16, 32)
     torch.manual_seed(3)

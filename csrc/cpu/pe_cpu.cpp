@@ -1,6 +1,7 @@
 // CPU kernels. Positions are cut into tiles whose pe rows (computed with pe_math.h, or read from the table) stay in
-// cache while every batch row of the tile streams through; the add itself runs in per-dtype row functions that the
-// compiler vectorizes, cloned for AVX2/FMA/F16C machines and chosen at load time.
+// cache while every batch row of the tile streams through. Rows are written in chunks by per-dtype row functions
+// that the compiler vectorizes (dropout's Philox words included), cloned for AVX-512 and AVX2 machines and chosen at
+// load time; outputs larger than the cache are written with non-temporal stores.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -12,6 +13,10 @@
 #include <cstring>
 #include <type_traits>
 #include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
 
 #include "../pe_math.h"
 #include "../pe_ops.h"
@@ -25,14 +30,14 @@
 namespace pe_ext::cpu {
 namespace {
 
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
 constexpr int64_t kTileValues = 8192;         // pe values per tile: 32 KiB of float, kept in L1/L2
-constexpr int64_t kElementsPerTask = 1 << 16;  // enough work per parallel task to pay for its start
+constexpr int64_t kElementsPerTask = 1 << 15;  // enough work per parallel task to pay for its start (as ATen's grain)
+constexpr int64_t kRowChunk = 1024;            // a row is written in chunks of this many elements
+constexpr int64_t kStreamingBytes = 16 << 20;  // outputs from this size on (half of a 32 MiB L3) are streamed
 
-// --- Row functions: out[j] = x[j] * scale + pe[j] for one contiguous row. Plain loops, written so that the
-// compiler vectorizes them; the bfloat16 conversions are the branch-free bit forms of c10::BFloat16's.
+// --- Row functions. Each dtype is handled as its storage bits and the type it computes in (float, double for
+// float64), with branch-free conversions (bfloat16: round to nearest even; float16: c10's portable IEEE forms), so
+// that the compiler vectorizes every loop below. PE_ROW_CLONES builds each for AVX-512, AVX2 and baseline x86-64.
 
 inline float bf16_to_float(uint16_t bits) {
   const uint32_t wide = static_cast<uint32_t>(bits) << 16;
@@ -48,68 +53,112 @@ inline uint16_t float_to_bf16(float value) {  // round to nearest even, NaN stay
   return value != value ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
 }
 
-PE_ROW_CLONES void add_row(const float* x, const float* pe, float scale, float* out, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) out[j] = x[j] * scale + pe[j];
+template <typename scalar_t>
+struct Element {  // float, double: stored as computed
+  using storage = scalar_t;
+  using acc = scalar_t;
+  static acc load(storage v) { return v; }
+  static storage store(acc v) { return v; }
+};
+
+template <>
+struct Element<c10::BFloat16> {
+  using storage = uint16_t;
+  using acc = float;
+  static acc load(storage v) { return bf16_to_float(v); }
+  static storage store(acc v) { return float_to_bf16(v); }
+};
+
+template <>
+struct Element<c10::Half> {
+  using storage = uint16_t;
+  using acc = float;
+  static acc load(storage v) { return c10::detail::fp16_ieee_to_fp32_value(v); }
+  static storage store(acc v) { return c10::detail::fp16_ieee_from_fp32_value(v); }
+};
+
+template <typename scalar_t>
+using storage_t = typename Element<scalar_t>::storage;
+template <typename scalar_t>
+using acc_type = typename Element<scalar_t>::acc;
+
+template <typename scalar_t>
+storage_t<scalar_t>* bits_of(scalar_t* p) {
+  return reinterpret_cast<storage_t<scalar_t>*>(p);
+}
+template <typename scalar_t>
+const storage_t<scalar_t>* bits_of(const scalar_t* p) {
+  return reinterpret_cast<const storage_t<scalar_t>*>(p);
 }
 
-PE_ROW_CLONES void add_row(const double* x, const double* pe, double scale, double* out, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) out[j] = x[j] * scale + pe[j];
+// out[j] = x[j] * scale + pe[j] for one contiguous row.
+template <typename scalar_t, typename E = Element<scalar_t>>
+PE_ROW_CLONES void add_row(const typename E::storage* x, const typename E::acc* pe, typename E::acc scale,
+                           typename E::storage* out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = E::store(E::load(x[j]) * scale + pe[j]);
 }
 
-PE_ROW_CLONES void add_row(const c10::BFloat16* x, const float* pe, float scale, c10::BFloat16* out, int64_t n) {
-  const auto* xb = reinterpret_cast<const uint16_t*>(x);
-  auto* ob = reinterpret_cast<uint16_t*>(out);
-  for (int64_t j = 0; j < n; ++j) ob[j] = float_to_bf16(bf16_to_float(xb[j]) * scale + pe[j]);
-}
-
-PE_ROW_CLONES void add_row(const c10::Half* x, const float* pe, float scale, c10::Half* out, int64_t n) {
-#if defined(__FLT16_MAX__)  // a native _Float16: F16C conversions in the AVX2 clone, same rounding as c10::Half
-  const auto* xh = reinterpret_cast<const _Float16*>(x);
-  auto* oh = reinterpret_cast<_Float16*>(out);
-  for (int64_t j = 0; j < n; ++j) oh[j] = static_cast<_Float16>(static_cast<float>(xh[j]) * scale + pe[j]);
-#else
-  for (int64_t j = 0; j < n; ++j) out[j] = static_cast<c10::Half>(static_cast<float>(x[j]) * scale + pe[j]);
-#endif
+// The same followed by dropout: element j is kept (and scaled by keep_scale) when its Philox word words[j] says so.
+template <typename scalar_t, typename E = Element<scalar_t>>
+PE_ROW_CLONES void add_row_dropout(const typename E::storage* x, const typename E::acc* pe, typename E::acc scale,
+                                   const uint32_t* words, uint32_t threshold, typename E::acc keep_scale,
+                                   typename E::storage* out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const typename E::acc value = E::load(x[j]) * scale + pe[j];
+    out[j] = E::store(dropout_keeps(words[j], threshold) ? value * keep_scale : typename E::acc(0));
+  }
 }
 
 // Table rows of a reduced-precision dtype, widened to float for the tile.
-PE_ROW_CLONES void widen_row(const c10::BFloat16* src, float* dst, int64_t n) {
-  const auto* bits = reinterpret_cast<const uint16_t*>(src);
-  for (int64_t j = 0; j < n; ++j) dst[j] = bf16_to_float(bits[j]);
+template <typename scalar_t, typename E = Element<scalar_t>>
+PE_ROW_CLONES void widen_row(const typename E::storage* src, float* dst, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = E::load(src[j]);
 }
 
-PE_ROW_CLONES void widen_row(const c10::Half* src, float* dst, int64_t n) {
-#if defined(__FLT16_MAX__)
-  const auto* halves = reinterpret_cast<const _Float16*>(src);
-  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<float>(halves[j]);
-#else
-  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<float>(src[j]);
-#endif
+// words[4k + w] = word w of Philox4x32-10(first_counter + k, seed), k < counters.
+PE_ROW_CLONES void philox_words(uint64_t first_counter, int64_t counters, uint64_t seed, uint32_t* words) {
+  for (int64_t k = 0; k < counters; ++k) {
+    const PhiloxWords w = philox4x32_10(first_counter + static_cast<uint64_t>(k), seed);
+    for (int i = 0; i < 4; ++i) words[4 * k + i] = w.w[i];
+  }
 }
 
-// The same for any strides (and for building a table, x == nullptr: out = pe).
+// The general form, for any strides, with dropout or without (words == nullptr), and for building a table
+// (x == nullptr: x taken as 0).
 template <typename scalar_t, typename acc_t>
-void add_row_strided(const scalar_t* x, int64_t x_stride, const acc_t* pe, acc_t scale, scalar_t* out,
-                     int64_t out_stride, int64_t n) {
+void add_row_strided(const scalar_t* x, int64_t x_stride, const acc_t* pe, acc_t scale, const uint32_t* words,
+                     uint32_t threshold, acc_t keep_scale, scalar_t* out, int64_t out_stride, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
-    const acc_t value = x == nullptr ? pe[j] : static_cast<acc_t>(x[j * x_stride]) * scale + pe[j];
+    acc_t value = x == nullptr ? pe[j] : static_cast<acc_t>(x[j * x_stride]) * scale + pe[j];
+    if (words != nullptr) value = dropout_keeps(words[j], threshold) ? value * keep_scale : acc_t(0);
     out[j * out_stride] = static_cast<scalar_t>(value);
   }
 }
 
-// With dropout: element j has logical index first_index + j; one Philox call serves 4 consecutive indices.
-template <typename scalar_t, typename acc_t>
-void add_row_dropout(const scalar_t* x, int64_t x_stride, const acc_t* pe, acc_t scale, scalar_t* out,
-                     int64_t out_stride, int64_t n, uint64_t first_index, double p, uint64_t seed) {
-  const acc_t keep_scale = static_cast<acc_t>(1.0 / (1.0 - p));
-  PhiloxWords words = philox4x32_10(first_index / 4, seed);
-  for (int64_t j = 0; j < n; ++j) {
-    const uint64_t index = first_index + static_cast<uint64_t>(j);
-    if (j > 0 && index % 4 == 0) words = philox4x32_10(index / 4, seed);
-    const acc_t value = x == nullptr ? pe[j] : static_cast<acc_t>(x[j * x_stride]) * scale + pe[j];
-    out[j * out_stride] = static_cast<scalar_t>(dropout_keeps(words, index, p) ? value * keep_scale : acc_t(0));
+// --- Non-temporal stores. An output larger than the cache is evicted before anyone reads it again; writing it with
+// streaming stores skips reading each destination line into the cache first, which ordinary stores do: for x + pe
+// that is a third of the memory traffic. Rows are computed into a chunk of scratch in L1, then streamed out.
+#if defined(__x86_64__) || defined(_M_X64)
+constexpr bool kCanStream = true;
+
+void stream_store(void* dst, const void* src, int64_t bytes) {
+  auto* d = static_cast<char*>(dst);
+  const auto* s = static_cast<const char*>(src);
+  const int64_t head = std::min<int64_t>(bytes, (16 - reinterpret_cast<uintptr_t>(d) % 16) % 16);
+  std::memcpy(d, s, head);
+  for (int64_t i = head; i + 16 <= bytes; i += 16) {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
   }
+  const int64_t tail = head + (bytes - head) / 16 * 16;
+  std::memcpy(d + tail, s + tail, bytes - tail);
 }
+
+void stream_fence() { _mm_sfence(); }  // streaming stores are weakly ordered: publish them before the task ends
+#else
+constexpr bool kCanStream = false;
+void stream_store(void* dst, const void* src, int64_t bytes) { std::memcpy(dst, src, bytes); }
+void stream_fence() {}
+#endif
 
 // --- The kernel.
 
@@ -152,7 +201,7 @@ void add_pe_typed(const AddPeProblem& p) {
       pe_row<acc_t>(p.spec, pos, freqs.data(), row);
     } else if constexpr (std::is_same_v<table_t, c10::BFloat16> || std::is_same_v<table_t, c10::Half>) {
       if (ts_d == 1) {
-        widen_row(table + pos * ts_l, row, d_model);
+        widen_row<table_t>(bits_of(table + pos * ts_l), row, d_model);
       } else {
         for (int64_t j = 0; j < d_model; ++j) row[j] = static_cast<acc_t>(table[pos * ts_l + j * ts_d]);
       }
@@ -164,6 +213,41 @@ void add_pe_typed(const AddPeProblem& p) {
     }
   };
 
+  // One output row, chunk by chunk. With dropout, the chunk's Philox words come first (element (b, l, j) has the
+  // logical index (b * seq_len + l) * d_model + j); a streamed output is computed into scratch, then streamed out.
+  struct Scratch {
+    alignas(64) uint32_t words[kRowChunk + 4];
+    alignas(64) storage_t<scalar_t> values[kRowChunk];
+  };
+  const bool dropout = p.dropout > 0;
+  const uint32_t threshold = dropout_threshold(p.dropout);
+  const acc_t keep_scale = static_cast<acc_t>(1.0 / (1.0 - p.dropout));
+  const bool streaming =
+      kCanStream && contiguous_rows && p.out.numel() * static_cast<int64_t>(sizeof(scalar_t)) >= kStreamingBytes;
+  auto write_row = [&](const scalar_t* src, const acc_t* pe, scalar_t* dst, uint64_t first_index, Scratch& s) {
+    for (int64_t j = 0; j < d_model; j += kRowChunk) {
+      const int64_t n = std::min(kRowChunk, d_model - j);
+      const uint32_t* words = nullptr;
+      if (dropout) {
+        const uint64_t first = first_index + static_cast<uint64_t>(j), skip = first % 4;
+        philox_words(first / 4, static_cast<int64_t>((skip + n + 3) / 4), p.seed, s.words);
+        words = s.words + skip;
+      }
+      if (!contiguous_rows) {
+        add_row_strided(src == nullptr ? nullptr : src + j * xs_d, xs_d, pe + j, scale, words, threshold, keep_scale,
+                        dst + j * os_d, os_d, n);
+        continue;
+      }
+      storage_t<scalar_t>* target = streaming ? s.values : bits_of(dst + j);
+      if (dropout) {
+        add_row_dropout<scalar_t>(bits_of(src + j), pe + j, scale, words, threshold, keep_scale, target, n);
+      } else {
+        add_row<scalar_t>(bits_of(src + j), pe + j, scale, target, n);
+      }
+      if (streaming) stream_store(dst + j, s.values, n * static_cast<int64_t>(sizeof(scalar_t)));
+    }
+  };
+
   const int64_t tile_len = std::max<int64_t>(1, kTileValues / std::max<int64_t>(1, d_model));
   const int64_t tiles = (seq_len + tile_len - 1) / tile_len;
   // Work item i = (tile i / batch, batch row i % batch): a task computes a tile's pe rows once for all its rows
@@ -171,6 +255,7 @@ void add_pe_typed(const AddPeProblem& p) {
   const int64_t grain = std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(1, tile_len * d_model));
   at::parallel_for(0, tiles * batch, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> tile_values(table_in_place ? 0 : tile_len * d_model);
+    Scratch scratch;
     int64_t filled = -1;  // the work item whose pe the tile holds
     for (int64_t i = begin; i < end; ++i) {
       const int64_t tile = i / batch, b = i % batch;
@@ -187,16 +272,10 @@ void add_pe_typed(const AddPeProblem& p) {
                                                  : reinterpret_cast<const acc_t*>(table) + pos * ts_l;
         scalar_t* dst = out + b * os_b + l * os_l;
         const scalar_t* src = has_x ? x + b * xs_b + l * xs_l : nullptr;
-        if (p.dropout > 0) {
-          add_row_dropout(src, xs_d, pe, scale, dst, os_d, d_model, static_cast<uint64_t>((b * seq_len + l) * d_model),
-                          p.dropout, p.seed);
-        } else if (contiguous_rows) {
-          add_row(src, pe, scale, dst, d_model);
-        } else {
-          add_row_strided(src, xs_d, pe, scale, dst, os_d, d_model);
-        }
+        write_row(src, pe, dst, static_cast<uint64_t>((b * seq_len + l) * d_model), scratch);
       }
     }
+    if (streaming) stream_fence();
   });
 }
 

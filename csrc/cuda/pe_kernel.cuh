@@ -12,6 +12,13 @@
 
 #include "../pe_math.h"
 
+// Unroll hints for nvcc; the grid emulator's host compiler would warn about an unknown pragma.
+#if defined(__CUDACC__)
+#define PE_UNROLL _Pragma("unroll")
+#else
+#define PE_UNROLL
+#endif
+
 namespace pe_ext::cuda_kernel {
 
 // float32 math for float32/float16/bfloat16 data, float64 for float64.
@@ -64,7 +71,8 @@ struct AddPeArgs {
   int64_t positions_stride_b, positions_stride_l;
   int64_t batch, seq_len, offset, padding_idx;
   acc_t scale;
-  double dropout;  // probability of zeroing an element; 0: no dropout
+  uint32_t dropout_threshold;  // dropout_threshold(p); 0: no dropout
+  acc_t keep_scale;            // 1 / (1 - p)
   uint64_t seed;
   PeSpec spec;  // d_model and the encoding
 
@@ -114,11 +122,11 @@ inline LaunchConfig make_launch_config(int64_t batch, int64_t seq_len, int64_t d
 template <int W, typename acc_t>
 PE_HOST_DEVICE void pe_values(const PeSpec& s, int64_t pos, Wave wave, const double (&freqs)[W], acc_t (&pe)[W]) {
   if (W > 1 && s.layout == Layout::kInterleaved) {
-#pragma unroll
+    PE_UNROLL
     for (int m = 0; m < W / 2; ++m) pe_sin_cos<acc_t>(s, pos, freqs[m], &pe[2 * m], &pe[2 * m + 1]);
     return;
   }
-#pragma unroll
+  PE_UNROLL
   for (int k = 0; k < W; ++k) {
     acc_t sn = acc_t(0), cs = acc_t(0);
     if (wave != Wave::kZero) pe_sin_cos<acc_t>(s, pos, freqs[k], &sn, &cs);
@@ -135,7 +143,7 @@ PE_HOST_DEVICE void span_pe(const AddPeArgs<scalar_t, table_t>& a, int64_t pos, 
   using acc_t = acc_type<scalar_t>;
   if constexpr (kExtras) {
     if (pos == a.padding_idx || (a.alpha != nullptr && *a.alpha == acc_t(0))) {  // alpha 0: backward's mask pass
-#pragma unroll
+      PE_UNROLL
       for (int k = 0; k < W; ++k) pe[k] = acc_t(0);
       return;
     }
@@ -145,12 +153,12 @@ PE_HOST_DEVICE void span_pe(const AddPeArgs<scalar_t, table_t>& a, int64_t pos, 
   } else {
     table_t loaded[W];
     load_span<W>(a.table + pos * a.table_stride_l + col0 * a.table_stride_d, loaded);
-#pragma unroll
+    PE_UNROLL
     for (int k = 0; k < W; ++k) pe[k] = static_cast<acc_t>(loaded[k]);
   }
   if (kExtras && a.alpha != nullptr) {
     const acc_t alpha = *a.alpha;
-#pragma unroll
+    PE_UNROLL
     for (int k = 0; k < W; ++k) pe[k] *= alpha;
   }
 }
@@ -160,13 +168,12 @@ template <int W, typename scalar_t, typename table_t>
 PE_HOST_DEVICE void apply_dropout(const AddPeArgs<scalar_t, table_t>& a, int64_t first,
                                   acc_type<scalar_t> (&values)[W]) {
   using acc_t = acc_type<scalar_t>;
-  const acc_t keep_scale = static_cast<acc_t>(1.0 / (1.0 - a.dropout));
   PhiloxWords words = philox4x32_10(static_cast<uint64_t>(first) / 4, a.seed);
-#pragma unroll
+  PE_UNROLL
   for (int k = 0; k < W; ++k) {
     const uint64_t index = static_cast<uint64_t>(first + k);
     if (k > 0 && index % 4 == 0) words = philox4x32_10(index / 4, a.seed);
-    values[k] = dropout_keeps(words, index, a.dropout) ? values[k] * keep_scale : acc_t(0);
+    values[k] = dropout_keeps(words.w[index % 4], a.dropout_threshold) ? values[k] * a.keep_scale : acc_t(0);
   }
 }
 
@@ -181,7 +188,7 @@ PE_HOST_DEVICE void add_pe_span(const AddPeArgs<scalar_t, table_t>& a, int64_t c
   double freqs[W];
   if (a.table == nullptr) {
     const int count = W > 1 && a.spec.layout == Layout::kInterleaved ? W / 2 : W;
-#pragma unroll
+    PE_UNROLL
     for (int m = 0; m < W; ++m) freqs[m] = m < count ? frequency(a.spec, first_freq + m) : 0.0;
   }
   const bool per_row = kExtras && a.positions_per_row();
@@ -194,15 +201,15 @@ PE_HOST_DEVICE void add_pe_span(const AddPeArgs<scalar_t, table_t>& a, int64_t c
       if (a.x != nullptr) {
         scalar_t loaded[W];
         load_span<W>(a.x + b * a.x_stride_b + l * a.x_stride_l + col0 * a.x_stride_d, loaded);
-#pragma unroll
+        PE_UNROLL
         for (int k = 0; k < W; ++k) sums[k] = static_cast<acc_t>(loaded[k]) * a.scale + pe[k];
       } else {
-#pragma unroll
+        PE_UNROLL
         for (int k = 0; k < W; ++k) sums[k] = pe[k];
       }
-      if (kExtras && a.dropout > 0) apply_dropout<W>(a, (b * a.seq_len + l) * a.spec.d_model + col0, sums);
+      if (kExtras && a.dropout_threshold > 0) apply_dropout<W>(a, (b * a.seq_len + l) * a.spec.d_model + col0, sums);
       scalar_t values[W];
-#pragma unroll
+      PE_UNROLL
       for (int k = 0; k < W; ++k) values[k] = static_cast<scalar_t>(sums[k]);
       store_span<W>(a.out + b * a.out_stride_b + l * a.out_stride_l + col0 * a.out_stride_d, values);
     }

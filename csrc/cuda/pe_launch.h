@@ -57,7 +57,8 @@ AddPeArgs<scalar_t, table_t> make_args(const AddPeProblem& p) {
   }
   if (p.alpha.defined()) a.alpha = p.alpha.const_data_ptr<acc_type<scalar_t>>();
   a.padding_idx = p.padding_idx;
-  a.dropout = p.dropout;
+  a.dropout_threshold = dropout_threshold(p.dropout);
+  a.keep_scale = static_cast<acc_type<scalar_t>>(1.0 / (1.0 - p.dropout));
   a.seed = p.seed;
   a.batch = p.batch();
   a.seq_len = p.seq_len();
