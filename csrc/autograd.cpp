@@ -128,6 +128,13 @@ class AddPe : public torch::autograd::Function<AddPe> {
 
 at::Tensor add_pe_autograd(const at::Tensor& x, const std::optional<at::Tensor>& table, c10::SymInt offset,
                            double scale, int64_t seq_dim, PE_KEYWORD_PARAMS) {
+  const auto tracked = [](const std::optional<at::Tensor>& t) { return t.has_value() && t->requires_grad(); };
+  if (!at::GradMode::is_enabled() || !(x.requires_grad() || tracked(table) || tracked(alpha))) {
+    // Nothing to differentiate (inference, decoding): skip building the graph node and its saved state.
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_add_pe(x, table, offset, scale, seq_dim, base, layout, frequencies, min_timescale, max_timescale,
+                       precise_angle, positions, padding_idx, alpha, dropout, seed);
+  }
   return AddPe::apply(x, table, offset, scale, seq_dim, base, layout, frequencies, min_timescale, max_timescale,
                       precise_angle, positions, padding_idx, alpha, dropout, seed);
 }

@@ -51,6 +51,8 @@ class PositionalEncoding(nn.Module):
         self.batch_first, self.scale, self.grow = batch_first, scale, grow
         self.encoding = {"base": base, **encoding}
         ops.sinusoidal_table(0, d_model, **self.encoding)  # checks the encoding now, also with buffer="none"
+        # What forward passes to the op: only non-default keywords, which each cost time to parse.
+        self._op_encoding = {k: v for k, v in self.encoding.items() if ops.ENCODING_DEFAULTS.get(k) != v}
         self.dropout = nn.Dropout(dropout)
         table = None if buffer == "none" else self._build_table(device, torch.float32)
         self.register_buffer("pe", table, persistent=buffer == "persistent")
@@ -70,26 +72,31 @@ class PositionalEncoding(nn.Module):
                 start_positions: Tensor | None = None) -> Tensor:
         """x plus the encoding of positions offset, offset + 1, ... (offset serves incremental decoding), or of
         offset + positions (ids shaped like x without d_model), or of offset + start_positions[b] + l."""
-        if x.dim() in (2, 3) and x.shape[-1] != self.d_model:  # other ranks: the op names the problem
-            raise ValueError(f"pe_ext: x's last dimension ({x.shape[-1]}) must equal d_model ({self.d_model})")
-        if self.pe is not None and positions is None and start_positions is None and x.dim() in (2, 3):
-            seq_len = x.shape[1 if x.dim() == 3 and self.batch_first else 0]
-            if offset + seq_len > self.max_len:
-                if not self.grow:
-                    raise ValueError(
-                        f"pe_ext: sequence of length {seq_len} at offset {offset} needs {offset + seq_len} positions, "
-                        f"more than max_len={self.max_len}; build the module with a larger max_len, grow=True or "
-                        "buffer='none'")
-                self._grow_table(offset + seq_len)
+        # Decoding calls are overhead-bound: the buffer and parameter are read from their dicts once (nn.Module's
+        # __getattr__ costs ~0.5 us a lookup).
+        pe, alpha = self._buffers["pe"], self._parameters["alpha"]
+        if x.dim() in (2, 3):
+            if x.shape[-1] != self.d_model:  # other ranks: the op names the problem
+                raise ValueError(f"pe_ext: x's last dimension ({x.shape[-1]}) must equal d_model ({self.d_model})")
+            if pe is not None and positions is None and start_positions is None:
+                seq_len = x.shape[1 if x.dim() == 3 and self.batch_first else 0]
+                if offset + seq_len > self.max_len:
+                    if not self.grow:
+                        raise ValueError(
+                            f"pe_ext: sequence of length {seq_len} at offset {offset} needs {offset + seq_len} "
+                            f"positions, more than max_len={self.max_len}; build the module with a larger max_len, "
+                            "grow=True or buffer='none'")
+                    pe = self._grow_table(offset + seq_len)
         # Dropout is fused into the add; self.dropout (an nn.Dropout, as in the tutorial module) holds p.
-        return ops.add_sinusoidal_pe(x, self.pe, offset=offset, scale=self.scale, batch_first=self.batch_first,
-                                     alpha=1.0 if self.alpha is None else self.alpha, positions=positions,
+        return ops.add_sinusoidal_pe(x, pe, offset=offset, scale=self.scale, batch_first=self.batch_first,
+                                     alpha=1.0 if alpha is None else alpha, positions=positions,
                                      start_positions=start_positions, dropout=self.dropout.p if self.training else 0.0,
-                                     **self.encoding)
+                                     **self._op_encoding)
 
-    def _grow_table(self, needed: int) -> None:
+    def _grow_table(self, needed: int) -> Tensor:
         self.max_len = max(needed, 2 * self.max_len)
         self.pe = self._build_table(self.pe.device, self.pe.dtype)  # still the registered buffer, same persistence
+        return self.pe
 
     def extra_repr(self) -> str:
         encoding = ", ".join(f"{k}={v!r}" for k, v in self.encoding.items())

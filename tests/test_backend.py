@@ -28,6 +28,14 @@ def test_fallback_schemas_match_the_compiled_ones():
         assert str(getattr(torch.ops.pe_ext, name).default._schema) == str(torch._C.parse_schema("pe_ext::" + schema))
 
 
+def test_encoding_defaults_match_every_schema():
+    """Wrappers leave out keywords equal to ENCODING_DEFAULTS, so these must be the schemas' own defaults."""
+    for name in _backend.SCHEMAS:
+        arguments = {a.name: a for a in getattr(torch.ops.pe_ext, name).default._schema.arguments}
+        for key, value in pe_ext.ops.ENCODING_DEFAULTS.items():
+            assert arguments[key].default_value == value, (name, key)
+
+
 def test_backend_reports_every_device():
     info = pe_ext.backend()
     assert set(info) == {"cpu", "cuda"}
