@@ -20,6 +20,8 @@
 
 #if defined(__CUDACC__)
 #define PE_HOST_DEVICE __host__ __device__ __forceinline__
+#elif defined(__GNUC__)  // forced, as for CUDA: the CPU kernel's per-ISA clones must inline them to vectorize them
+#define PE_HOST_DEVICE inline __attribute__((always_inline))
 #else
 #define PE_HOST_DEVICE inline
 #endif
@@ -82,25 +84,28 @@ PE_HOST_DEVICE void sin_cos(double angle, double* s, double* c) {
 #endif
 }
 
-// sin and cos of pos * freq. The default angle is rounded in acc_t as the classic float32 product
-// `position * div_term` is, which loses ~1e-2 by position 300k. precise_angle forms the product in double and
-// subtracts the nearest multiple of 2*pi (split in two parts, so the product k * 2pi is exact to ~1e-16 relative)
-// before rounding to acc_t, keeping the error under 1e-6 far beyond 16M positions.
+// The angle whose sin and cos pe(pos) takes at frequency freq, in acc_t. The default is rounded in acc_t as the
+// classic float32 product `position * div_term` is, which loses ~1e-2 by position 300k. precise_angle forms the
+// product in double and subtracts the nearest multiple of 2*pi (split in two parts, so the product k * 2pi is exact
+// to ~1e-16 relative) before rounding to acc_t, keeping the error under 1e-6 far beyond 16M positions.
 template <typename acc_t>
-PE_HOST_DEVICE void pe_sin_cos(const PeSpec& s, int64_t pos, double freq, acc_t* sin_out, acc_t* cos_out) {
+PE_HOST_DEVICE acc_t pe_angle(bool precise_angle, int64_t pos, double freq) {
   if constexpr (sizeof(acc_t) < sizeof(double)) {  // float64 math needs no help
-    if (s.precise_angle) {
+    if (precise_angle) {
       constexpr double kTwoPi = 6.283185307179586;           // 2*pi rounded to double
       constexpr double kTwoPiTail = 2.4492935982947064e-16;  // 2*pi - kTwoPi
       constexpr double kInvTwoPi = 0.15915494309189535;
       const double angle = static_cast<double>(pos) * freq;
       const double turns = ::rint(angle * kInvTwoPi);
-      const double reduced = ::fma(-turns, kTwoPiTail, ::fma(-turns, kTwoPi, angle));
-      sin_cos(static_cast<acc_t>(reduced), sin_out, cos_out);
-      return;
+      return static_cast<acc_t>(::fma(-turns, kTwoPiTail, ::fma(-turns, kTwoPi, angle)));
     }
   }
-  sin_cos(static_cast<acc_t>(pos) * static_cast<acc_t>(freq), sin_out, cos_out);
+  return static_cast<acc_t>(pos) * static_cast<acc_t>(freq);
+}
+
+template <typename acc_t>
+PE_HOST_DEVICE void pe_sin_cos(const PeSpec& s, int64_t pos, double freq, acc_t* sin_out, acc_t* cos_out) {
+  sin_cos(pe_angle<acc_t>(s.precise_angle, pos, freq), sin_out, cos_out);
 }
 
 // Which frequency column `col` uses, and whether it is its sin, its cos, or (an odd concatenated row's tail) zero.
@@ -116,18 +121,44 @@ PE_HOST_DEVICE Wave column_wave(const PeSpec& s, int64_t col, int64_t* freq_inde
   return col < s.num_freqs ? Wave::kSin : Wave::kCos;
 }
 
-// pe(pos, :) for a whole row, with freqs[i] = frequency(s, i): one pe_sin_cos per frequency.
-template <typename acc_t>
-PE_HOST_DEVICE void pe_row(const PeSpec& s, int64_t pos, const double* freqs, acc_t* values) {
-  const bool interleaved = s.layout == Layout::kInterleaved;
-  for (int64_t i = 0; i < s.num_freqs; ++i) {
-    acc_t sn, cs;
-    pe_sin_cos<acc_t>(s, pos, freqs[i], &sn, &cs);
-    const int64_t sin_col = interleaved ? 2 * i : i, cos_col = interleaved ? 2 * i + 1 : s.num_freqs + i;
-    values[sin_col] = sn;
-    if (cos_col < s.d_model) values[cos_col] = cs;
+// pe(pos, :) for a whole row, with freqs[i] = frequency(s, i). sin_cos_of(angle, &sin, &cos) evaluates one pair:
+// sin_cos, or a CPU kernel's vectorizable equivalent (the loops have no conditional stores, so that they vectorize).
+struct LibrarySinCos {
+  template <typename acc_t>
+  PE_HOST_DEVICE void operator()(acc_t angle, acc_t* s, acc_t* c) const {
+    sin_cos(angle, s, c);
   }
-  if (!interleaved && s.d_model % 2 == 1) values[s.d_model - 1] = acc_t(0);  // an odd concatenated row's padding
+};
+
+// The loops of pe_row for one value of precise_angle, a constant in them, so that they have no branch (and vectorize).
+template <typename acc_t, bool kPreciseAngle, typename SinCos>
+PE_HOST_DEVICE void pe_row_loops(const PeSpec& s, int64_t pos, const double* freqs, acc_t* values, SinCos sin_cos_of) {
+  const int64_t n = s.num_freqs;
+  if (s.layout == Layout::kInterleaved) {
+    const int64_t pairs = s.d_model / 2;  // an odd row's last frequency has a sin column only
+    for (int64_t i = 0; i < pairs; ++i) {
+      sin_cos_of(pe_angle<acc_t>(kPreciseAngle, pos, freqs[i]), &values[2 * i], &values[2 * i + 1]);
+    }
+    if (pairs < n) {
+      acc_t unused;
+      sin_cos_of(pe_angle<acc_t>(kPreciseAngle, pos, freqs[pairs]), &values[2 * pairs], &unused);
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      sin_cos_of(pe_angle<acc_t>(kPreciseAngle, pos, freqs[i]), &values[i], &values[n + i]);
+    }
+    if (s.d_model % 2 == 1) values[s.d_model - 1] = acc_t(0);  // an odd concatenated row's padding
+  }
+}
+
+template <typename acc_t, typename SinCos = LibrarySinCos>
+PE_HOST_DEVICE void pe_row(const PeSpec& s, int64_t pos, const double* freqs, acc_t* values,
+                           SinCos sin_cos_of = SinCos()) {
+  if (s.precise_angle) {
+    pe_row_loops<acc_t, true>(s, pos, freqs, values, sin_cos_of);
+  } else {
+    pe_row_loops<acc_t, false>(s, pos, freqs, values, sin_cos_of);
+  }
 }
 
 // --- Dropout: a counter-based mask, the same on every device and recomputable in backward instead of stored.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import requires_extension
@@ -81,6 +83,21 @@ def test_default_angle_is_the_classic_float32_one_and_loses_accuracy_far_out():
     precise = pe_ext.add_sinusoidal_pe(x, offset=300_000, precise_angle=True)[0].double()
     assert (default - truth).abs().max() > 1e-3
     assert (precise - truth).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
+@pytest.mark.parametrize("start", [0, 123_457, 2**40 + 7, 2**50 - 3, 2**60 + 11])
+def test_default_angle_sin_and_cos_are_within_two_ulps_at_any_position(impl, start):
+    """pe is sin and cos of the float32 angle float(pos) * float(freq), however far out: the CPU kernel evaluates them
+    with its own polynomials below 2^50 and with the library's above (rows around 2^50 - 3 take both)."""
+    d_model, length = 16, 6
+    x = torch.zeros(1, length, d_model)
+    out = impl(x, None, start, 1.0, 10000.0, 1)[0].double()
+    positions = torch.tensor([start + l for l in range(length)], dtype=torch.float64)
+    freqs = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float64) * -(math.log(10000.0) / d_model))
+    angles = (positions.float()[:, None] * freqs.float()[None, :]).double()  # the classic float32 product
+    truth = torch.stack([angles.sin(), angles.cos()], dim=-1).reshape(length, d_model)
+    torch.testing.assert_close(out, truth, atol=1.2e-7, rtol=0)  # 2 ulps of values in [0.5, 1)
 
 
 @pytest.mark.parametrize("bad,match", [({"layout": "zigzag"}, "layout"), ({"frequencies": "random"}, "frequencies"),

@@ -5,10 +5,12 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
+#include <c10/macros/Macros.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -123,6 +125,51 @@ PE_ROW_CLONES void philox_words(uint64_t first_counter, int64_t counters, uint64
   }
 }
 
+// sin and cos of a float angle as glibc's sinf/cosf give them (within an ulp), but branch-free, so that a row of
+// them vectorizes: the angle is reduced modulo pi/2 in double (pi/2 in two parts, with FMAs: exact to ~1e-16 while
+// |angle| < 2^50, kPolynomialAngleLimit), then sin and cos of the remainder (|r| <= pi/4) are Taylor polynomials in
+// double (truncation error < 1e-11) rounded once to float. The quotient is rounded by adding 1.5 * 2^52, whose ulp
+// is 1, rather than with rint (which the compiler does not vectorize while FP exceptions are honoured); the sum's
+// low bits are the quotient mod 4, the quadrant.
+struct PolynomialSinCos {
+  C10_ALWAYS_INLINE void operator()(float angle, float* s, float* c) const {  // inlined, or no loop vectorizes
+    constexpr double kTwoOverPi = 0.63661977236758134;
+    constexpr double kHalfPi = 1.5707963267948966;        // pi/2 rounded to double
+    constexpr double kHalfPiTail = 6.123233995736766e-17;  // pi/2 - kHalfPi
+    constexpr double kRoundingShift = 0x1.8p52;
+    const double a = angle;
+    const double shifted = a * kTwoOverPi + kRoundingShift;
+    const double k = shifted - kRoundingShift;  // the nearest integer to a / (pi/2)
+    uint64_t shifted_bits;
+    std::memcpy(&shifted_bits, &shifted, sizeof(shifted_bits));
+    const uint64_t quadrant = shifted_bits & 3;
+    const double r = std::fma(-k, kHalfPiTail, std::fma(-k, kHalfPi, a));
+    const double r2 = r * r;
+    const double sin_r =
+        r + r * r2 *
+                (-1.0 / 6 + r2 * (1.0 / 120 + r2 * (-1.0 / 5040 + r2 * (1.0 / 362880 + r2 * (-1.0 / 39916800)))));
+    const double cos_r =
+        1.0 + r2 * (-0.5 + r2 * (1.0 / 24 + r2 * (-1.0 / 720 + r2 * (1.0 / 40320 +
+                                                                       r2 * (-1.0 / 3628800 + r2 / 479001600)))));
+    const double sin_a = quadrant & 1 ? cos_r : sin_r, cos_a = quadrant & 1 ? sin_r : cos_r;
+    // Signs as factors: a selected negation is not if-converted, and the loop would not vectorize.
+    const double sin_sign = quadrant & 2 ? -1.0 : 1.0, cos_sign = (quadrant + 1) & 2 ? -1.0 : 1.0;
+    *s = static_cast<float>(sin_a * sin_sign);
+    *c = static_cast<float>(cos_a * cos_sign);
+  }
+};
+constexpr double kPolynomialAngleLimit = 0x1p50;
+
+// pe(pos, :) in float: with PolynomialSinCos when every angle of the row is within its limit (max_freq: the largest
+// of freqs), else with the library's sin and cos.
+PE_ROW_CLONES void pe_row_float(const PeSpec& s, int64_t pos, const double* freqs, double max_freq, float* row) {
+  if (static_cast<double>(pos) * max_freq < kPolynomialAngleLimit) {
+    pe_row<float>(s, pos, freqs, row, PolynomialSinCos());
+  } else {
+    pe_row<float>(s, pos, freqs, row);
+  }
+}
+
 // The general form, for any strides, with dropout or without (words == nullptr), and for building a table
 // (x == nullptr: x taken as 0).
 template <typename scalar_t, typename acc_t>
@@ -192,13 +239,18 @@ void add_pe_typed(const AddPeProblem& p) {
     freqs.resize(p.spec.num_freqs);
     for (size_t i = 0; i < freqs.size(); ++i) freqs[i] = frequency(p.spec, static_cast<int64_t>(i));
   }
+  const double max_freq = freqs.empty() ? 0.0 : *std::max_element(freqs.begin(), freqs.end());
   auto fill_row = [&](int64_t pos, acc_t* row) {
     if (pos == p.padding_idx || alpha == acc_t(0)) {  // alpha 0: backward's dropout-mask pass needs no pe
       std::fill(row, row + d_model, acc_t(0));
       return;
     }
     if (!has_table) {
-      pe_row<acc_t>(p.spec, pos, freqs.data(), row);
+      if constexpr (std::is_same_v<acc_t, float>) {
+        pe_row_float(p.spec, pos, freqs.data(), max_freq, row);
+      } else {
+        pe_row<acc_t>(p.spec, pos, freqs.data(), row);
+      }
     } else if constexpr (std::is_same_v<table_t, c10::BFloat16> || std::is_same_v<table_t, c10::Half>) {
       if (ts_d == 1) {
         widen_row<table_t>(bits_of(table + pos * ts_l), row, d_model);
