@@ -5,12 +5,14 @@ by side in one run, on one device. Writes a terminal table, results.csv, results
     python bench/bench_pe.py                  # full sweep, CUDA when present
     python bench/bench_pe.py --device cpu --quick
 
-Timing: CUDA uses triton.testing.do_bench (warm-up, L2 flushed before every run, median and 20/80th percentiles);
-CPU uses torch.utils.benchmark (blocked_autorange, median and interquartile range). Every provider allocates its
-output as ordinary PyTorch code does. On CPU, glibc hands large freed blocks back to the OS, so each call would
-page-fault its output in again and the page faults would dominate; the benchmark therefore runs under
-MALLOC_MMAP_MAX_=0 and a large MALLOC_TRIM_THRESHOLD_ (re-executing itself to set them), which lets every provider
-reuse warm memory alike.
+Timing: CUDA uses triton.testing.do_bench (warm-up, L2 flushed before every call), CPU torch.utils.benchmark
+(blocked_autorange). Each configuration times its providers in interleaved rounds, so that a slow spell of a shared
+machine falls on all of them alike, and reports the median and interquartile range of the pooled timings.
+
+Allocation: every provider allocates its output as ordinary PyTorch code does. On CPU, glibc hands large freed blocks
+back to the OS, so each call would page-fault its output in again and the page faults would dominate; the benchmark
+therefore runs under MALLOC_MMAP_MAX_=0 and a large MALLOC_TRIM_THRESHOLD_ (re-executing itself to set them), which
+lets every provider reuse warm memory alike.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import datetime
 import math
 import os
 import platform
+import resource
+import signal
 import statistics
 import sys
 from dataclasses import dataclass
@@ -35,10 +39,10 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pe_ext  # noqa: E402
 
-MAX_LEN = 32768
 DROPOUT = 0.1
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 VARIANTS = ("plain", "scale", "scale_dropout")
+ROUNDS = 3  # timing rounds per configuration, each over every provider
 # classic_eager_cast: the classic module with its table cast to x's dtype (.to(bfloat16)), so it keeps x's dtype too;
 # only for the reduced-precision dtypes, where the plain classic module promotes to float32.
 # pe_ext_precise: on the fly with precise_angle=True (the angle reduced in double), to show what accuracy costs.
@@ -57,7 +61,7 @@ class Row:
     shape: tuple
     provider: str
     median_us: float
-    spread_us: float  # interquartile range on CPU, 20th-80th percentile range on CUDA
+    spread_us: float  # interquartile range of the pooled timings
     gbps: float
     pct_clone: float = float("nan")
     speedup_eager: float = float("nan")
@@ -88,44 +92,55 @@ class ClassicPositionalEncoding(torch.nn.Module):
         return self.dropout(x + self.pe[:, : x.size(1)])
 
 
-def make_providers(variant: str, d_model: int, dtype: torch.dtype, device: str, compiled_cache: dict):
+def make_modules(variant: str, d_model: int, max_len: int, device: str) -> dict:
+    """The modules of one (variant, d_model), with tables just long enough for the sweep's shapes of that width:
+    built once and reused for every dtype and shape, so that torch.compile compiles each graph once and the run's
+    memory stays bounded (a 32k-row table at d_model 8192 alone is 1 GiB)."""
     scale = math.sqrt(d_model) if variant != "plain" else 1.0
     dropout = DROPOUT if variant == "scale_dropout" else 0.0
-    classic = ClassicPositionalEncoding(d_model, MAX_LEN, scale, dropout).to(device).train()
-    ours_table = pe_ext.PositionalEncoding(d_model, MAX_LEN, dropout, scale=scale, device=device).train()
-    ours_otf = pe_ext.PositionalEncoding(d_model, MAX_LEN, dropout, scale=scale, buffer="none").to(device).train()
-    ours_precise = pe_ext.PositionalEncoding(d_model, MAX_LEN, dropout, scale=scale, buffer="none",
-                                             precise_angle=True).to(device).train()
-    key = (variant, d_model)  # one compiled module per configuration; dynamic shapes cover batch and length
-    if key not in compiled_cache:
-        compiled_cache[key] = torch.compile(classic, dynamic=True)
-    compiled = compiled_cache[key]
-    providers = {
-        "clone": lambda x: x.clone(),
+    classic = ClassicPositionalEncoding(d_model, max_len, scale, dropout).to(device).train()
+    return {
         "classic_eager": classic,
-        "classic_compiled": compiled,
-        "pe_ext_table": ours_table,
-        "pe_ext_on_the_fly": ours_otf,
-        "pe_ext_precise": ours_precise,
+        # dynamic shapes cover batch and length; the dtypes compile once each
+        "classic_compiled": torch.compile(classic, dynamic=True),
+        "pe_ext_table": pe_ext.PositionalEncoding(d_model, max_len, dropout, scale=scale, device=device).train(),
+        "pe_ext_on_the_fly": pe_ext.PositionalEncoding(d_model, max_len, dropout, scale=scale,
+                                                       buffer="none").to(device).train(),
+        "pe_ext_precise": pe_ext.PositionalEncoding(d_model, max_len, dropout, scale=scale, buffer="none",
+                                                    precise_angle=True).to(device).train(),
     }
+
+
+def make_providers(modules: dict, dtype: torch.dtype, cast_cache: dict) -> dict:
+    providers = {"clone": lambda x: x.clone(), **modules}
     if dtype != torch.float32:
-        providers["classic_eager_cast"] = copy.deepcopy(classic).to(dtype)
+        key = (id(modules["classic_eager"]), dtype)
+        if key not in cast_cache:
+            cast_cache.clear()  # one cast copy alive at a time
+            cast_cache[key] = copy.deepcopy(modules["classic_eager"]).to(dtype)
+        providers["classic_eager_cast"] = cast_cache[key]
     return providers
 
 
-def time_cpu(fn) -> tuple[float, float]:
+def time_cpu(fn, seconds: float) -> list[float]:
+    """Per-call times (us) of blocks of calls, about `seconds` in all."""
     from torch.utils import benchmark
 
     m = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=0.5)
-    return m.median * 1e6, m.iqr * 1e6
+        min_run_time=seconds)
+    return [t * 1e6 for t in m.times]
 
 
-def time_cuda(fn) -> tuple[float, float]:
+def time_cuda(fn, seconds: float) -> list[float]:
+    """Times (us) of single calls, each after an L2 flush, about `seconds` in all."""
     from triton.testing import do_bench
 
-    median, low, high = do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
-    return median * 1e3, (high - low) * 1e3
+    return [t * 1e3 for t in do_bench(fn, warmup=25, rep=max(1, int(seconds * 1e3)), return_mode="all")]
+
+
+def median_and_iqr(times: list[float]) -> tuple[float, float]:
+    q1, median, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else times * 3
+    return median, q3 - q1
 
 
 def peak_extra_mib(fn, device: str) -> float:
@@ -144,36 +159,58 @@ def peak_extra_mib(fn, device: str) -> float:
 def run(args) -> list[Row]:
     from tqdm import tqdm
 
-    device = args.device
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     dtypes = ["float32", "bfloat16"] if args.quick else list(DTYPES)
     variants = ("plain", "scale") if args.quick else VARIANTS
-    timer = time_cuda if device == "cuda" else time_cpu
-    configs = [(v, d, s) for v in variants for d in dtypes for s in shapes]
-    rows, compiled_cache = [], {}
-    for variant, dtype_name, shape in tqdm(configs, desc="bench", unit="config", file=sys.stderr):
-        providers = make_providers(variant, shape[-1], DTYPES[dtype_name], device, compiled_cache)
-        x = torch.randn(shape, device=device).to(DTYPES[dtype_name])
-        moved = 2 * x.numel() * x.element_size()  # read x, write out
-        group = []
-        for name in PROVIDERS:
-            if name not in providers or (args.skip_compiled and name == "classic_compiled"):
-                continue
-            fn = (lambda f=providers[name]: f(x))
-            with torch.no_grad():
-                for _ in range(3):  # compile, fault in the allocator's pages and warm caches outside the timing
-                    fn()
-                median, spread = timer(fn)
-                extra = peak_extra_mib(fn, device)
-            group.append(Row(variant, dtype_name, shape, name, median, spread, moved / median / 1e3,
-                             peak_extra_mib=extra))
-        base = {r.provider: r.median_us for r in group}
-        for r in group:
-            r.pct_clone = 100 * base["clone"] / r.median_us
-            r.speedup_eager = base["classic_eager"] / r.median_us
-            r.speedup_compiled = base.get("classic_compiled", float("nan")) / r.median_us
-        rows.extend(group)
+    timer = time_cuda if args.device == "cuda" else time_cpu
+    by_width = sorted(shapes, key=lambda s: s[2])  # a width's modules are built once
+    configs = [(v, d, s) for v in variants for s in by_width for d in dtypes]
+    max_len = {d_model: max(s[1] for s in shapes if s[2] == d_model) for _, _, d_model in shapes}
+    rows, modules, cast_cache = [], {}, {}
+    try:
+        for variant, dtype_name, shape in tqdm(configs, desc="bench", unit="config", file=sys.stderr):
+            rows.extend(run_config(args, variant, dtype_name, shape, modules, cast_cache, max_len, timer))
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from a time limit: keep what was measured
+        done = len({(r.variant, r.dtype, r.shape) for r in rows})
+        args.interrupted = f"interrupted after {done} of {len(configs)} configurations"
+        print(args.interrupted, file=sys.stderr)
     return rows
+
+
+def run_config(args, variant: str, dtype_name: str, shape: tuple, modules: dict, cast_cache: dict, max_len: dict,
+               timer) -> list[Row]:
+    """One configuration: every provider timed in interleaved rounds, with its ratios to the baselines."""
+    device = args.device
+    key = (variant, shape[-1])
+    if key not in modules:
+        modules.clear()  # the previous width's modules and compiled graphs go before the next are built
+        cast_cache.clear()
+        modules[key] = make_modules(variant, shape[-1], max_len[shape[-1]], device)
+    providers = make_providers(modules[key], DTYPES[dtype_name], cast_cache)
+    x = torch.randn(shape, device=device).to(DTYPES[dtype_name])
+    moved = 2 * x.numel() * x.element_size()  # read x, write out
+    fns = {name: (lambda f=providers[name]: f(x)) for name in PROVIDERS
+           if name in providers and not (args.skip_compiled and name == "classic_compiled")}
+    times = {name: [] for name in fns}
+    with torch.no_grad():
+        for fn in fns.values():
+            for _ in range(3):  # compile, fault in the allocator's pages and warm caches outside the timing
+                fn()
+        # Interleaved rounds, so that a slow spell of a shared machine falls on every provider alike.
+        for _ in range(ROUNDS):
+            for name, fn in fns.items():
+                times[name] += timer(fn, args.seconds / ROUNDS)
+        group = []
+        for name, fn in fns.items():
+            median, spread = median_and_iqr(times[name])
+            group.append(Row(variant, dtype_name, shape, name, median, spread, moved / median / 1e3,
+                             peak_extra_mib=peak_extra_mib(fn, device)))
+    base = {r.provider: r.median_us for r in group}
+    for r in group:
+        r.pct_clone = 100 * base["clone"] / r.median_us
+        r.speedup_eager = base["classic_eager"] / r.median_us
+        r.speedup_compiled = base.get("classic_compiled", float("nan")) / r.median_us
+    return group
 
 
 def device_name(device: str) -> str:
@@ -190,12 +227,14 @@ def header_lines(args) -> list[str]:
         f"device: {device_name(args.device)}",
         f"torch {torch.__version__}, pe_ext backend {pe_ext.backend()[args.device]}",
         f"date: {datetime.date.today().isoformat()}",
-        f"timing: {'triton do_bench, median and p20-p80' if args.device == 'cuda' else 'torch.utils.benchmark, median and IQR'}",
+        f"timing: {'triton do_bench (L2 flushed before every call)' if args.device == 'cuda' else 'torch.utils.benchmark'}"
+        f", {ROUNDS} interleaved rounds of {args.seconds / ROUNDS:.2f} s per provider; median and interquartile range",
         f"allocation: {allocation}",
         "dropout (scale_dropout variant, training mode): nn.Dropout after the add for the classic module, fused into "
         "the same pass (Philox mask) for pe_ext",
         "bytes moved: read x + write out in x's dtype; % clone = clone time / provider time",
-    ]
+        f"peak resident memory of the run: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB",
+    ] + ([f"PARTIAL RESULTS: {args.interrupted}"] if args.interrupted else [])
 
 
 COLUMNS = ["variant", "dtype", "shape", "MiB", "provider", "median_us", "spread_us", "GB/s", "%clone",
@@ -284,12 +323,19 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="a small sweep (under a minute on CPU)")
     parser.add_argument("--skip-compiled", action="store_true", help="leave out the torch.compile provider")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="timing per provider and configuration (default 0.6, 0.15 with --quick)")
     parser.add_argument("--out", default=None, help="output folder (default bench/results/<device>)")
     args = parser.parse_args()
     if args.device == "cpu" and any(os.environ.get(k) != v for k, v in CPU_ALLOCATOR_ENV.items()):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **CPU_ALLOCATOR_ENV})
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is present")
+    # A time limit's SIGTERM (bench/gpu_check.sh) ends the sweep like Ctrl-C: what was measured is still written.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    args.interrupted = None
+    if args.seconds is None:
+        args.seconds = 0.15 if args.quick else 0.6
     if args.out is None:
         args.out = str(Path(__file__).parent / "results" / args.device)
     torch.manual_seed(0)
