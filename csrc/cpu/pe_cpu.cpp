@@ -209,6 +209,20 @@ void stream_fence() {}
 
 // --- The kernel.
 
+// frequency(s, i) for every i < s.num_freqs. A call computes one row per position, so at decoding (one position a
+// call) the num_freqs exps would cost more than the row; the calling thread keeps the last spec's.
+const std::vector<double>& frequencies_of(const PeSpec& s) {
+  thread_local PeSpec cached_spec;
+  thread_local std::vector<double> cached;
+  if (cached.size() != static_cast<size_t>(s.num_freqs) || cached_spec.freq_step != s.freq_step ||
+      cached_spec.freq_scale != s.freq_scale) {
+    cached.resize(s.num_freqs);
+    for (int64_t i = 0; i < s.num_freqs; ++i) cached[i] = frequency(s, i);
+    cached_spec = s;
+  }
+  return cached;
+}
+
 template <typename scalar_t, typename table_t>
 void add_pe_typed(const AddPeProblem& p) {
   using acc_t = acc_type<scalar_t>;
@@ -234,11 +248,8 @@ void add_pe_typed(const AddPeProblem& p) {
   const bool table_in_place =
       has_table && std::is_same_v<table_t, acc_t> && (ts_d == 1 || d_model <= 1) && !p.alpha.defined();
   const std::vector<acc_t> zero_row(table_in_place && p.padding_idx >= 0 ? d_model : 0, acc_t(0));
-  std::vector<double> freqs;
-  if (!has_table) {
-    freqs.resize(p.spec.num_freqs);
-    for (size_t i = 0; i < freqs.size(); ++i) freqs[i] = frequency(p.spec, static_cast<int64_t>(i));
-  }
+  static const std::vector<double> kNoFrequencies;
+  const std::vector<double>& freqs = has_table ? kNoFrequencies : frequencies_of(p.spec);
   const double max_freq = freqs.empty() ? 0.0 : *std::max_element(freqs.begin(), freqs.end());
   auto fill_row = [&](int64_t pos, acc_t* row) {
     if (pos == p.padding_idx || alpha == acc_t(0)) {  // alpha 0: backward's dropout-mask pass needs no pe
