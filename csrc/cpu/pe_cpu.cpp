@@ -250,7 +250,8 @@ void add_pe_typed(const AddPeProblem& p) {
   const std::vector<acc_t> zero_row(table_in_place && p.padding_idx >= 0 ? d_model : 0, acc_t(0));
   static const std::vector<double> kNoFrequencies;
   const std::vector<double>& freqs = has_table ? kNoFrequencies : frequencies_of(p.spec);
-  const double max_freq = freqs.empty() ? 0.0 : *std::max_element(freqs.begin(), freqs.end());
+  // freq(i) is the exp of a linear function of i, so monotonic: its largest value is at one end.
+  const double max_freq = freqs.empty() ? 0.0 : std::max(freqs.front(), freqs.back());
   auto fill_row = [&](int64_t pos, acc_t* row) {
     if (pos == p.padding_idx || alpha == acc_t(0)) {  // alpha 0: backward's dropout-mask pass needs no pe
       std::fill(row, row + d_model, acc_t(0));
