@@ -37,7 +37,7 @@ sanitize: setup
 	PYTHON=$(PY) .ci/sanitize.sh
 
 bench: build
-	$(PY) bench/bench_pe.py $(BENCH_ARGS)
+	$(PY) bench/bench_sinusoidal.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build pe_ext/_C*.so pe_ext/.build-stamp *.egg-info

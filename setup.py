@@ -39,8 +39,8 @@ def extension():
             "(install a CUDA build of torch and set CUDA_HOME, e.g. /usr/local/cuda)"
         )
 
-    sources = [CSRC / "ops.cpp", CSRC / "autograd.cpp", CSRC / "cpu" / "pe_cpu.cpp",
-               CSRC / "testing" / "grid_emulator.cpp"]
+    family = CSRC / "sinusoidal"
+    sources = [family / "ops.cpp", family / "autograd.cpp", family / "cpu.cpp", family / "testing.cpp"]
     # -fopenmp: at::parallel_for is inline OpenMP code; without it the CPU kernels run on one thread.
     cxx = ["-O3", "-g0", "-fopenmp"]
     ldflags = ["-fopenmp"]
@@ -54,7 +54,7 @@ def extension():
     kind = cpp_extension.CppExtension
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
-        sources.append(CSRC / "cuda" / "pe_cuda.cu")
+        sources.append(family / "cuda" / "sinusoidal.cu")
         args["cxx"] = [*cxx, "-DPE_EXT_WITH_CUDA"]
         # No --use_fast_math: sin/cos must stay accurate at large angles.
         args["nvcc"] = ["-O3", "-Xcompiler=-g0", "-DPE_EXT_WITH_CUDA", "-lineinfo", "--ptxas-options=-v"]

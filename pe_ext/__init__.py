@@ -1,8 +1,8 @@
 """pe_ext: fast, exact sinusoidal positional encoding for PyTorch."""
 
 from ._backend import backend, has_extension
-from .modules import PositionalEncoding, ScaledPositionalEncoding, SinusoidalPositionalEmbedding
-from .ops import add_sinusoidal_pe, add_sinusoidal_pe_, make_positions, sinusoidal_embedding, sinusoidal_table
+from .sinusoidal.modules import PositionalEncoding, ScaledPositionalEncoding, SinusoidalPositionalEmbedding
+from .sinusoidal.ops import add_sinusoidal_pe, add_sinusoidal_pe_, make_positions, sinusoidal_embedding, sinusoidal_table
 
 __all__ = [
     "PositionalEncoding",

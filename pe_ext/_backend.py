@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from . import reference
+from .sinusoidal import reference
 
 # The op schemas as csrc/ops.cpp declares them; the fallback defines these when no compiled library is loaded, and a
 # test checks that they match the compiled ones.

@@ -10,7 +10,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include "../pe_math.h"
+#include "sinusoidal/math.h"
 
 // Unroll hints for nvcc; the grid emulator's host compiler would warn about an unknown pragma.
 #if defined(__CUDACC__)

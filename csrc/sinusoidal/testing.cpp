@@ -3,9 +3,9 @@
 // where no GPU exists. num_sms stands in for the device's multiprocessor count, which shapes the grid.
 #include <torch/library.h>
 
-#include "../cuda/pe_kernel.cuh"
-#include "../cuda/pe_launch.h"
-#include "../pe_ops.h"
+#include "sinusoidal/cuda/kernel.cuh"
+#include "sinusoidal/cuda/launch.h"
+#include "sinusoidal/ops.h"
 
 namespace pe_ext::cuda_kernel {
 namespace {

@@ -40,7 +40,7 @@ def test_every_implementation_draws_the_same_mask(impl, shape, seq_dim, layout, 
     x = torch.randn(shape).to(dtype)
     if layout == "strided":
         x = torch.randn(*shape[:-1], 2 * shape[-1]).to(dtype)[..., ::2]
-    reference = pe_ext.reference.add_pe(x, None, 3, 1.0, seq_dim, dropout=0.25, seed=2**40 + 11)
+    reference = pe_ext.sinusoidal.reference.add_pe(x, None, 3, 1.0, seq_dim, dropout=0.25, seed=2**40 + 11)
     out = impl(x, None, 3, 1.0, 10000.0, seq_dim, dropout=0.25, seed=2**40 + 11)
     assert torch.equal(out == 0, reference == 0)
     atol, rtol = tolerance(dtype, 20, 6.0)

@@ -9,8 +9,8 @@
 #include <type_traits>
 #include <utility>
 
-#include "../pe_ops.h"
-#include "pe_kernel.cuh"
+#include "sinusoidal/ops.h"
+#include "sinusoidal/cuda/kernel.cuh"
 
 namespace pe_ext::cuda_kernel {
 

@@ -7,7 +7,7 @@
 #include <c10/util/Optional.h>
 #include <c10/util/string_view.h>
 
-#include "pe_math.h"
+#include "sinusoidal/math.h"
 
 namespace pe_ext {
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from oracle import oracle_add, oracle_pe, tolerance
 
 import pe_ext
-import pe_ext.reference
+import pe_ext.sinusoidal.reference
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 SENTINEL = 3.0  # fills the memory around a strided target; exact in every dtype, never a result here
@@ -105,7 +105,7 @@ def expected_and_tolerance(x, table, offset, scale, base, seq_dim):
 
 
 def ops_of(backend):
-    return torch.ops.pe_ext if backend == "compiled" else pe_ext.reference
+    return torch.ops.pe_ext if backend == "compiled" else pe_ext.sinusoidal.reference
 
 
 FORMS = ["new", "in_place", "out"] + ([] if FORCED_FALLBACK else ["grid"])

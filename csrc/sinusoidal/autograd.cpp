@@ -10,7 +10,7 @@
 
 #include <string>
 
-#include "pe_ops.h"
+#include "sinusoidal/ops.h"
 
 namespace pe_ext {
 namespace {

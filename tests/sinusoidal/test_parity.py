@@ -165,7 +165,7 @@ def test_outputs_larger_than_the_cache_are_streamed_correctly(dtype, dropout):
     if dropout == 0:
         check(out, x, offset=5)
     else:
-        reference = pe_ext.reference.add_pe(x, None, 5, 1.0, 1, dropout=dropout, seed=3)
+        reference = pe_ext.sinusoidal.reference.add_pe(x, None, 5, 1.0, 1, dropout=dropout, seed=3)
         assert torch.equal(out == 0, reference == 0)
         atol, rtol = tolerance(dtype, 5 + x.shape[1], 4.0 / (1 - dropout))
         torch.testing.assert_close(out.double(), reference.double(), atol=atol, rtol=rtol)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _backend  # registers torch.ops.pe_ext.*
+from .. import _backend  # registers torch.ops.pe_ext.*
 from . import reference
 
 DEFAULT_BASE = 10000.0

@@ -1,5 +1,5 @@
 // The op schemas, the argument checks every backend shares, and the Python module's build information.
-#include "pe_ops.h"
+#include "sinusoidal/ops.h"
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/grad_mode.h>
@@ -14,7 +14,7 @@
 #include <utility>
 #include <vector>
 
-#include "pe_math.h"
+#include "sinusoidal/math.h"
 
 namespace pe_ext {
 namespace {

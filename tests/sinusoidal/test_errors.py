@@ -19,7 +19,7 @@ import torch
 from conftest import FORCED_FALLBACK
 
 import pe_ext
-import pe_ext.reference
+import pe_ext.sinusoidal.reference
 
 BASE = 10000.0
 I64 = 2**63 - 1
@@ -194,7 +194,7 @@ def assert_refused(fn, args, error, match):
     assert_unchanged(args, before)
 
 
-IMPLS = {"compiled": lambda op: getattr(torch.ops.pe_ext, op), "reference": lambda op: getattr(pe_ext.reference, op)}
+IMPLS = {"compiled": lambda op: getattr(torch.ops.pe_ext, op), "reference": lambda op: getattr(pe_ext.sinusoidal.reference, op)}
 
 
 def call_op(fn, op):
@@ -283,10 +283,10 @@ def test_public_api_refuses_bad_input(fn, make, error, match):
 def test_the_table_under_the_fallback():
     """The public rows reach the ops through whatever is registered; run the whole table with the fallback
     registered under the op names (no compiled extension loaded), too."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::RuntimeWarning",
-         os.path.join("tests", "test_errors.py")],
+         os.path.join("tests", "sinusoidal", "test_errors.py")],
         env={**os.environ, "PE_EXT_FORCE_FALLBACK": "1"}, cwd=root, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]

@@ -5,9 +5,9 @@
 #include <cuda_runtime.h>
 #include <torch/library.h>
 
-#include "../pe_ops.h"
-#include "pe_kernel.cuh"
-#include "pe_launch.h"
+#include "sinusoidal/ops.h"
+#include "sinusoidal/cuda/kernel.cuh"
+#include "sinusoidal/cuda/launch.h"
 
 namespace pe_ext::cuda_kernel {
 namespace {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-import pe_ext.reference
+import pe_ext.sinusoidal.reference
 
 
 def _compiled(x, table, offset, scale, base, seq_dim, **encoding):
@@ -43,7 +43,7 @@ EXTENSION_IMPLS = {
     "grid_132sm": _grid_emulator(132),
 }
 def _reference(x, table, offset, scale, base, seq_dim, **encoding):
-    return pe_ext.reference.add_pe(x, table, offset, scale, seq_dim, base=base, **encoding)
+    return pe_ext.sinusoidal.reference.add_pe(x, table, offset, scale, seq_dim, base=base, **encoding)
 
 
 FALLBACK_IMPLS = {"reference": _reference}

@@ -32,7 +32,7 @@ def test_encoding_defaults_match_every_schema():
     """Wrappers leave out keywords equal to ENCODING_DEFAULTS, so these must be the schemas' own defaults."""
     for name in _backend.SCHEMAS:
         arguments = {a.name: a for a in getattr(torch.ops.pe_ext, name).default._schema.arguments}
-        for key, value in pe_ext.ops.ENCODING_DEFAULTS.items():
+        for key, value in pe_ext.sinusoidal.ops.ENCODING_DEFAULTS.items():
             assert arguments[key].default_value == value, (name, key)
 
 
@@ -47,11 +47,11 @@ def test_backend_reports_every_device():
 def test_fallback_without_extension_warns_once_and_matches_oracle():
     script = textwrap.dedent("""
         import sys, warnings
-        sys.path.insert(0, "tests")
+        sys.path.insert(0, "tests/sinusoidal")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             import pe_ext
-            import pe_ext.ops, pe_ext.modules
+            import pe_ext.sinusoidal.ops, pe_ext.sinusoidal.modules
         assert sum("fallback" in str(w.message) for w in caught) == 1, [str(w.message) for w in caught]
         import torch
         from oracle import oracle_add, tolerance
@@ -73,7 +73,7 @@ def test_fallback_without_extension_warns_once_and_matches_oracle():
         print("fallback ok")
     """)
     env = {**os.environ, "PE_EXT_FORCE_FALLBACK": "1"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     result = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

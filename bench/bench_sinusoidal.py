@@ -349,7 +349,7 @@ def main() -> None:
     if args.seconds is None:
         args.seconds = 0.15 if args.quick else 0.6
     if args.out is None:
-        args.out = str(Path(__file__).parent / "results" / args.device)
+        args.out = str(Path(__file__).parent / "results" / "sinusoidal" / args.device)
     torch.manual_seed(0)
     # Every compiled classic module shares one forward code object, whose compiles count against one limit; past it
     # torch.compile would quietly run the rest eagerly and the "compiled" column would time eager code.

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import requires_extension
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @requires_extension

@@ -20,8 +20,8 @@
 #include <immintrin.h>
 #endif
 
-#include "../pe_math.h"
-#include "../pe_ops.h"
+#include "sinusoidal/math.h"
+#include "sinusoidal/ops.h"
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(PE_EXT_SANITIZE)
 #define PE_ROW_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=haswell", "default")))
