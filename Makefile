@@ -12,6 +12,9 @@ ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
 export CUDA_HOME ?= /usr/local/cuda
 endif
 
+# The test-only ops (the CUDA grid emulators) are built into this checkout's extension: the tests need them.
+export PE_EXT_TESTING ?= 1
+
 .PHONY: setup build test sanitize bench clean
 
 setup: $(VENV)/.deps-stamp

@@ -4,6 +4,8 @@ Environment switches:
   PE_EXT_FORCE_CPU=1    build the CPU kernels only, even where CUDA could be compiled
   PE_EXT_FORCE_CUDA=1   fail unless the CUDA kernels are compiled (used by CI)
   PE_EXT_SANITIZE=1     build the C++ code with AddressSanitizer and UndefinedBehaviorSanitizer
+  PE_EXT_TESTING=1      also build the test-only ops (csrc/*/testing.cpp: the CUDA grid emulators); `make test` and CI
+                        set it, a release build leaves it out
   TORCH_CUDA_ARCH_LIST  CUDA targets; default "8.0;9.0+PTX" (A100, H100/H200, PTX for newer chips)
 """
 
@@ -39,8 +41,8 @@ def extension():
             "(install a CUDA build of torch and set CUDA_HOME, e.g. /usr/local/cuda)"
         )
 
-    family = CSRC / "sinusoidal"
-    sources = [family / "ops.cpp", family / "autograd.cpp", family / "cpu.cpp", family / "testing.cpp"]
+    testing = env_flag("PE_EXT_TESTING")
+    sources = [s for s in sorted(CSRC.rglob("*.cpp")) if testing or s.name != "testing.cpp"]
     # -fopenmp: at::parallel_for is inline OpenMP code; without it the CPU kernels run on one thread.
     cxx = ["-O3", "-g0", "-fopenmp"]
     ldflags = ["-fopenmp"]
@@ -50,11 +52,13 @@ def extension():
         # -fno-wrapv: Python's build flags pass -fwrapv, which defines signed overflow and so hides it from UBSan.
         cxx = ["-O1", "-g", "-fopenmp", "-fno-wrapv", "-DPE_EXT_SANITIZE", *sanitize]
         ldflags += sanitize
+    if testing:
+        cxx.append("-DPE_EXT_TESTING")
     args = {"cxx": cxx}
     kind = cpp_extension.CppExtension
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
-        sources.append(family / "cuda" / "sinusoidal.cu")
+        sources += sorted(CSRC.rglob("*.cu"))
         args["cxx"] = [*cxx, "-DPE_EXT_WITH_CUDA"]
         # No --use_fast_math: sin/cos must stay accurate at large angles.
         args["nvcc"] = ["-O3", "-Xcompiler=-g0", "-DPE_EXT_WITH_CUDA", "-lineinfo", "--ptxas-options=-v"]

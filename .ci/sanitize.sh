@@ -21,7 +21,7 @@ rm -f "$work"/pe_ext/_C*.so
 cd "$work"
 
 start=$SECONDS
-env -u PE_EXT_FORCE_CUDA PE_EXT_SANITIZE=1 PE_EXT_FORCE_CPU=1 "$py" setup.py -q build_ext --inplace >build.log 2>&1 ||
+env -u PE_EXT_FORCE_CUDA PE_EXT_SANITIZE=1 PE_EXT_FORCE_CPU=1 PE_EXT_TESTING=1 "$py" setup.py -q build_ext --inplace >build.log 2>&1 ||
   { cat build.log; exit 1; }
 [[ $(ldd pe_ext/_C*.so) == *libasan* ]] || { echo "sanitize: the build is not instrumented" >&2; exit 1; }
 echo "sanitize: built in $((SECONDS - start)) s"

@@ -1,19 +1,8 @@
-"""pe_ext: fast, exact sinusoidal positional encoding for PyTorch."""
+"""pe_ext: fast, exact positional encodings for PyTorch. One subpackage per op family; each registers its ops."""
 
+from . import sinusoidal
 from ._backend import backend, has_extension
-from .sinusoidal.modules import PositionalEncoding, ScaledPositionalEncoding, SinusoidalPositionalEmbedding
-from .sinusoidal.ops import add_sinusoidal_pe, add_sinusoidal_pe_, make_positions, sinusoidal_embedding, sinusoidal_table
+from .sinusoidal import *  # noqa: F403
 
-__all__ = [
-    "PositionalEncoding",
-    "ScaledPositionalEncoding",
-    "SinusoidalPositionalEmbedding",
-    "add_sinusoidal_pe",
-    "add_sinusoidal_pe_",
-    "backend",
-    "has_extension",
-    "make_positions",
-    "sinusoidal_embedding",
-    "sinusoidal_table",
-]
+__all__ = ["backend", "has_extension", *sinusoidal.__all__]
 __version__ = "0.1.0"

@@ -1,36 +1,16 @@
-"""Loads the compiled ops (pe_ext._C) or, where they are missing, registers the pure-PyTorch reference under the
-same names, so torch.ops.pe_ext.* always exists and every caller takes one path. backend() says which runs where.
+"""Loads the compiled ops (pe_ext._C) or, where they are missing, registers each op family's pure-PyTorch reference
+under the same names, so torch.ops.pe_ext.* always exists and every caller takes one path. backend() says which runs
+where. An op family registers itself with register_family() from its own package; nothing here names an op.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 
 import torch
-
-from .sinusoidal import reference
-
-# The op schemas as csrc/ops.cpp declares them; the fallback defines these when no compiled library is loaded, and a
-# test checks that they match the compiled ones.
-_ENCODING = ('float base=10000.0, str layout="interleaved", str frequencies="paper", float min_timescale=1.0, '
-             'float max_timescale=10000.0, bool precise_angle=False, Tensor? positions=None, int padding_idx=-1, '
-             'Tensor? alpha=None, float dropout=0.0, int seed=0')
-SCHEMAS = {
-    "add_pe": f"add_pe(Tensor x, Tensor? table=None, SymInt offset=0, float scale=1.0, int seq_dim=1, *, {_ENCODING}) "
-    "-> Tensor",
-    "add_pe_": f"add_pe_(Tensor(a!) x, Tensor? table=None, SymInt offset=0, float scale=1.0, int seq_dim=1, *, "
-    f"{_ENCODING}) -> ()",
-    "add_pe_out": f"add_pe_out(Tensor x, Tensor? table, SymInt offset, float scale, int seq_dim, Tensor(a!) out, *, "
-    f"{_ENCODING}) -> ()",
-    "fill_table_": f"fill_table_(Tensor(a!) out, SymInt offset=0, *, {_ENCODING}) -> ()",
-}
-_REFERENCE_KERNELS = {
-    "add_pe": reference.add_pe,
-    "add_pe_": reference.add_pe_,
-    "add_pe_out": reference.add_pe_out,
-    "fill_table_": reference.fill_table_,
-}
 
 EXTENSION_CPU = "C++ extension"
 EXTENSION_CUDA = "CUDA extension"
@@ -56,23 +36,49 @@ if _C is None:
         RuntimeWarning,
         stacklevel=2,
     )
-    _lib = torch.library.Library("pe_ext", "DEF")
-    for _schema in SCHEMAS.values():
-        _lib.define(_schema)
-    # add_pe as a composite of torch ops: autograd, meta and torch.compile come from the ops it is made of.
-    _lib.impl("add_pe", reference.add_pe, "CompositeImplicitAutograd")
-    for _name in ("add_pe_", "add_pe_out", "fill_table_"):
-        for _key in ("CPU", "CUDA"):
-            _lib.impl(_name, _REFERENCE_KERNELS[_name], _key)
+    _fallback = torch.library.Library("pe_ext", "FRAGMENT")  # defines the ops the compiled library would
 elif not _C.built_with_cuda():
-    _lib = torch.library.Library("pe_ext", "IMPL")
-    for _name, _kernel in _REFERENCE_KERNELS.items():
-        _lib.impl(_name, _kernel, "CUDA")
+    _fallback = torch.library.Library("pe_ext", "IMPL")  # adds CUDA kernels to the compiled ops
+
+
+@dataclass(frozen=True)
+class Family:
+    """An op family as the fallback sees it: its schemas and its reference kernels by op name. The ops named in
+    `composite` are composites of torch ops, registered as CompositeImplicitAutograd when no compiled library is
+    loaded (autograd, meta and torch.compile then come from the ops they are made of)."""
+
+    schemas: dict[str, str]
+    reference_kernels: dict[str, Callable]
+    composite: Collection[str] = ()
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register_family(name: str, family: Family) -> None:
+    """Makes the family's ops exist whatever was built: defines them with their reference kernels when the compiled
+    library is missing, and gives them reference CUDA kernels when it was built without CUDA."""
+    FAMILIES[name] = family
+    if _C is None:
+        for schema in family.schemas.values():
+            _fallback.define(schema)
+        for op, kernel in family.reference_kernels.items():
+            keys = ("CompositeImplicitAutograd",) if op in family.composite else ("CPU", "CUDA")
+            for key in keys:
+                _fallback.impl(op, kernel, key)
+    elif not _C.built_with_cuda():
+        for op, kernel in family.reference_kernels.items():
+            _fallback.impl(op, kernel, "CUDA")
 
 
 def has_extension() -> bool:
     """Whether the compiled C++ ops are loaded."""
     return _C is not None
+
+
+def has_testing_ops() -> bool:
+    """Whether the compiled library carries the test-only ops (built with PE_EXT_TESTING=1)."""
+    return _C is not None and _C.built_with_testing_ops()
 
 
 def backend() -> dict[str, str]:

@@ -1,23 +1,21 @@
-import os
-import sys
-
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "sinusoidal"))
-
-import pe_ext  # noqa: E402
-
-FORCED_FALLBACK = os.environ.get("PE_EXT_FORCE_FALLBACK", "0") == "1"
-
-requires_extension = pytest.mark.skipif(
-    FORCED_FALLBACK, reason="PE_EXT_FORCE_FALLBACK=1: the compiled extension is deliberately not loaded"
-)
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device present")
+import pe_ext
 
 
 def pytest_report_header(config):
     return f"pe_ext backend: {pe_ext.backend()}; torch {torch.__version__} (CUDA build {torch.version.cuda})"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` skip, saying why, where no CUDA device is present."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="marked cuda: needs a CUDA device, and none is present")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -1,147 +1,172 @@
 // Autograd for add_pe in C++, so that a call pays no Python autograd layer (decoding steps are overhead-bound).
-// The pure-PyTorch fallback registers the same formulas from Python (pe_ext/ops.py). With out = x * scale +
+// The pure-PyTorch fallback gets the same formulas from the torch ops it is made of. With out = x * scale +
 // alpha * pe(position):
 //   d/dx     = scale
 //   d/dtable = alpha at each used row (position != padding_idx), summed over the elements that use it
 //   d/dalpha = sum(grad * pe(position)), pe recomputed by the forward op itself
 // with grad first multiplied by the dropout mask / (1 - dropout), which the forward op regenerates from its seed.
+//
+// The kernel is boxed: it sees add_pe's arguments as the dispatcher's stack and finds each by its name in the schema,
+// so that it needs no edit when the family's options change.
+#include <ATen/OpMathType.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include <string>
+#include <algorithm>
+#include <initializer_list>
+#include <iterator>
+#include <utility>
+#include <vector>
 
-#include "sinusoidal/ops.h"
-
-namespace pe_ext {
+namespace pe_ext::sinusoidal {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-constexpr size_t kNumArguments = 16;  // of add_pe's schema
-constexpr size_t kTableArgument = 1, kAlphaArgument = 13;
+const c10::OperatorHandle& add_pe_handle() {
+  static const c10::OperatorHandle op = c10::Dispatcher::singleton().findSchemaOrThrow("pe_ext::add_pe", "");
+  return op;
+}
 
-// offset is a SymInt here, as in the schema, so that torch.compile keeps it symbolic through this kernel (a new
-// offset in a decoding loop then compiles nothing new); the backend kernels see a plain integer.
-at::Tensor call_add_pe(const at::Tensor& x, const std::optional<at::Tensor>& table, c10::SymInt offset,
-                       double scale, int64_t seq_dim, PE_KEYWORD_PARAMS) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("pe_ext::add_pe", "")
-                             .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, c10::SymInt, double,
-                                               int64_t, double, c10::string_view, c10::string_view, double, double,
-                                               bool, const std::optional<at::Tensor>&, int64_t,
-                                               const std::optional<at::Tensor>&, double, int64_t)>();
-  return op.call(x, table, offset, scale, seq_dim, base, layout, frequencies, min_timescale, max_timescale,
-                 precise_angle, positions, padding_idx, alpha, dropout, seed);
+size_t argument_index(const char* name) {
+  const auto index = add_pe_handle().schema().argumentIndexWithName(name);
+  TORCH_INTERNAL_ASSERT(index.has_value(), "pe_ext::add_pe has no argument named ", name);
+  return *index;
+}
+
+// add_pe's arguments as the dispatcher passes them, addressed by name.
+class AddPeArguments {
+ public:
+  explicit AddPeArguments(std::vector<c10::IValue> values) : values_(std::move(values)) {}
+
+  const c10::IValue& operator[](const char* name) const { return values_[argument_index(name)]; }
+  std::optional<at::Tensor> tensor(const char* name) const { return (*this)[name].toOptional<at::Tensor>(); }
+
+  // A copy with some arguments replaced.
+  AddPeArguments with(std::initializer_list<std::pair<const char*, c10::IValue>> changes) const {
+    AddPeArguments copy = *this;
+    for (const auto& [name, value] : changes) copy.values_[argument_index(name)] = value;
+    return copy;
+  }
+
+  // add_pe on these arguments, through the dispatcher (so that double backward records it too).
+  at::Tensor call() const {
+    torch::jit::Stack stack = values_;
+    add_pe_handle().callBoxed(stack);
+    return stack.back().toTensor();
+  }
+
+  c10::IValue to_list() const {
+    c10::impl::GenericList list(c10::AnyType::get());
+    for (const auto& value : values_) list.push_back(value);
+    return list;
+  }
+
+ private:
+  std::vector<c10::IValue> values_;
+};
+
+at::Tensor opmath_zero(const at::Tensor& like) {
+  return at::zeros({}, like.options().dtype(at::toOpMathType(like.scalar_type())));
+}
+
+// grad * dropout mask / (1 - dropout): the forward op on grad with no pe (alpha 0) regenerates the mask.
+at::Tensor through_dropout(const at::Tensor& grad, const AddPeArguments& args) {
+  return args.with({{"x", grad}, {"table", c10::IValue()}, {"scale", 1.0}, {"alpha", opmath_zero(grad)}}).call();
+}
+
+// The table row each element of grad read, batch-first: (batch, seq_len) int64.
+at::Tensor rows_read(const at::Tensor& grad, const AddPeArguments& args, int64_t seq_dim) {
+  const int64_t dim = seq_dim < 0 ? seq_dim + grad.dim() : seq_dim;
+  const int64_t batch = grad.dim() == 2 ? 1 : grad.size(1 - dim), seq_len = grad.size(grad.dim() == 2 ? 0 : dim);
+  const c10::SymInt offset = args["offset"].toSymInt();
+  const std::optional<at::Tensor> positions = args.tensor("positions");
+  if (!positions.has_value()) {
+    return at::arange(seq_len, grad.options().dtype(at::kLong)).add(offset).expand({batch, seq_len});
+  }
+  const at::Tensor& p = *positions;
+  const at::Tensor ids = p.dim() == 1 || grad.dim() == 2 ? p.reshape({1, seq_len}) : (dim == 0 ? p.t() : p);
+  return ids.to(at::kLong).expand({batch, seq_len}).add(offset);
+}
+
+// alpha times grad summed into the rows it read (padding_idx's row gets nothing), in the table's dtype, so that a
+// float32 table under bfloat16 activations keeps a float32 sum. Out-of-place ops without boolean indexing, so that
+// vmap (batched gradients) and double backward work.
+at::Tensor table_gradient(const at::Tensor& grad, const AddPeArguments& args, const at::Tensor& table) {
+  const int64_t seq_dim = args["seq_dim"].toInt();
+  const at::Tensor ids = rows_read(grad, args, seq_dim).reshape(-1);
+  const int64_t dim = seq_dim < 0 ? seq_dim + grad.dim() : seq_dim;
+  const at::Tensor batch_first = grad.dim() == 2 ? grad : (dim == 0 ? grad.transpose(0, 1) : grad);
+  at::Tensor contributions = batch_first.reshape({ids.size(0), -1});
+  if (const auto alpha = args.tensor("alpha")) contributions = contributions.mul(*alpha);
+  contributions = contributions.to(table.scalar_type());
+  const at::Tensor used = ids.reshape({-1, 1}).ne(args["padding_idx"].toInt()).to(contributions.scalar_type());
+  const int64_t rows = table.dim() == 3 ? table.size(1) : table.size(0);
+  const at::Tensor grad_rows =
+      at::zeros({rows, table.size(-1)}, contributions.options()).index_add(0, ids, contributions.mul(used));
+  return table.dim() == 3 ? grad_rows.unsqueeze(0) : grad_rows;
+}
+
+// sum(grad * pe), pe at every element from the forward op on zeros with alpha and dropout left out.
+at::Tensor alpha_gradient(const at::Tensor& grad, const AddPeArguments& args, const at::Tensor& alpha) {
+  const at::Tensor pe = args.with({{"x", at::zeros_like(grad)}, {"scale", 0.0}, {"alpha", c10::IValue()},
+                                   {"dropout", 0.0}, {"seed", int64_t{0}}})
+                            .call();
+  const auto acc = at::toOpMathType(alpha.scalar_type());
+  return grad.to(acc).mul(pe.to(acc)).sum().reshape(alpha.sizes()).to(alpha.scalar_type());
 }
 
 class AddPe : public torch::autograd::Function<AddPe> {
  public:
+  // x, table and alpha are the differentiable inputs; `args` holds every argument, addressed by name.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const std::optional<at::Tensor>& table,
-                            c10::SymInt offset, double scale, int64_t seq_dim, PE_KEYWORD_PARAMS) {
-    auto& saved = ctx->saved_data;
-    saved["scale"] = scale;
-    saved["offset"] = offset;
-    saved["seq_dim"] = seq_dim;
-    saved["padding_idx"] = padding_idx;
-    saved["base"] = base;
-    saved["layout"] = std::string(layout);
-    saved["frequencies"] = std::string(frequencies);
-    saved["min_timescale"] = min_timescale;
-    saved["max_timescale"] = max_timescale;
-    saved["precise_angle"] = precise_angle;
-    saved["dropout"] = dropout;
-    saved["seed"] = seed;
-    if (positions.has_value() && positions->defined()) saved["positions"] = *positions;
+                            const std::optional<at::Tensor>& alpha, const AddPeArguments& args) {
     // Which gradients are wanted is read here: needs_input_grad counts only the tensors given, not the arguments.
-    const bool has_table = table.has_value() && table->defined(), has_alpha = alpha.has_value() && alpha->defined();
-    saved["table_requires_grad"] = has_table && table->requires_grad();
-    saved["alpha_requires_grad"] = has_alpha && alpha->requires_grad();
-    if (has_table) saved["table"] = table->detach();
-    if (has_alpha) saved["alpha"] = alpha->detach();
+    ctx->saved_data["table_requires_grad"] = table.has_value() && table->requires_grad();
+    ctx->saved_data["alpha_requires_grad"] = alpha.has_value() && alpha->requires_grad();
+    // Backward needs everything but x; the tensors are kept detached, as autograd's own saved copies would be.
+    ctx->saved_data["arguments"] = args.with({{"x", c10::IValue()},
+                                              {"table", table ? c10::IValue(table->detach()) : c10::IValue()},
+                                              {"alpha", alpha ? c10::IValue(alpha->detach()) : c10::IValue()}})
+                                       .to_list();
     at::AutoDispatchBelowADInplaceOrView guard;
-    return call_add_pe(x, table, offset, scale, seq_dim, base, layout, frequencies, min_timescale, max_timescale,
-                       precise_angle, positions, padding_idx, alpha, dropout, seed);
+    return args.call();
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto& saved = ctx->saved_data;
+    const AddPeArguments args(ctx->saved_data["arguments"].toList().vec());
     at::Tensor grad = grads[0];
-    const auto optional_saved = [&](const char* key) {
-      return saved.count(key) > 0 ? std::optional<at::Tensor>(saved[key].toTensor()) : std::nullopt;
-    };
-    const std::optional<at::Tensor> table = optional_saved("table"), alpha = optional_saved("alpha"),
-                                    positions = optional_saved("positions");
-    const c10::SymInt offset = saved["offset"].toSymInt();
-    const int64_t padding_idx = saved["padding_idx"].toInt();
-    const int64_t seq_dim = saved["seq_dim"].toInt();
-    const double dropout = saved["dropout"].toDouble();
-    if (dropout > 0) {
-      // grad * mask / (1 - dropout): the forward op on grad with alpha 0 regenerates the same mask.
-      grad = call_add_pe(grad, std::nullopt, offset, 1.0, seq_dim, saved["base"].toDouble(),
-                         saved["layout"].toStringRef(), saved["frequencies"].toStringRef(),
-                         saved["min_timescale"].toDouble(), saved["max_timescale"].toDouble(),
-                         saved["precise_angle"].toBool(), positions, padding_idx,
-                         at::zeros({}, grad.options().dtype(grad.scalar_type() == at::kDouble ? at::kDouble
-                                                                                             : at::kFloat)),
-                         dropout, saved["seed"].toInt());
-    }
-    variable_list result(kNumArguments);
-    result[0] = grad.mul(saved["scale"].toDouble());
-
-    if (saved["table_requires_grad"].toBool()) {
-      // Batch-first (batch, seq_len, d_model) view of grad, and the row each element read.
-      const int64_t dim = seq_dim < 0 ? seq_dim + grad.dim() : seq_dim;
-      const at::Tensor g = grad.dim() == 2 ? grad.unsqueeze(0) : (dim == 0 ? grad.transpose(0, 1) : grad);
-      const int64_t batch = g.size(0), seq_len = g.size(1);
-      at::Tensor ids;
-      if (positions.has_value()) {
-        const at::Tensor& p = *positions;
-        ids = p.dim() == 1 || grad.dim() == 2 ? p.reshape({1, seq_len}) : (dim == 0 ? p.transpose(0, 1) : p);
-        ids = ids.to(at::kLong).expand({batch, seq_len}).add(offset);
-      } else {
-        ids = at::arange(seq_len, grad.options().dtype(at::kLong)).add(offset).expand({batch, seq_len});
-      }
-      at::Tensor contributions = g.reshape({batch * seq_len, -1});
-      if (alpha.has_value()) contributions = contributions.mul(*alpha);
-      contributions = contributions.to(table->scalar_type());
-      // Out-of-place ops without boolean indexing, so that vmap (batched gradients) and double backward work.
-      const at::Tensor used = ids.reshape({-1, 1}).ne(padding_idx).to(contributions.scalar_type());
-      const int64_t rows = table->dim() == 3 ? table->size(1) : table->size(0);
-      const at::Tensor grad_rows = at::zeros({rows, table->size(-1)}, contributions.options())
-                                       .index_add(0, ids.reshape(-1), contributions.mul(used));
-      result[kTableArgument] = table->dim() == 3 ? grad_rows.unsqueeze(0) : grad_rows;
-    }
-    if (saved["alpha_requires_grad"].toBool()) {
-      // pe at every element: the forward op on zeros, with alpha left out.
-      const at::Tensor pe = call_add_pe(at::zeros_like(grad), table, offset, 0.0, seq_dim, saved["base"].toDouble(),
-                                        saved["layout"].toStringRef(), saved["frequencies"].toStringRef(),
-                                        saved["min_timescale"].toDouble(), saved["max_timescale"].toDouble(),
-                                        saved["precise_angle"].toBool(), positions, padding_idx, std::nullopt, 0.0, 0);
-      const auto acc = alpha->scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-      result[kAlphaArgument] =
-          grad.to(acc).mul(pe.to(acc)).sum().reshape(alpha->sizes()).to(alpha->scalar_type());
-    }
+    if (args["dropout"].toDouble() > 0) grad = through_dropout(grad, args);
+    variable_list result(4);  // one per forward argument: x, table, alpha, args
+    result[0] = grad.mul(args["scale"].toDouble());
+    if (ctx->saved_data["table_requires_grad"].toBool()) result[1] = table_gradient(grad, args, *args.tensor("table"));
+    if (ctx->saved_data["alpha_requires_grad"].toBool()) result[2] = alpha_gradient(grad, args, *args.tensor("alpha"));
     return result;
   }
 };
 
-at::Tensor add_pe_autograd(const at::Tensor& x, const std::optional<at::Tensor>& table, c10::SymInt offset,
-                           double scale, int64_t seq_dim, PE_KEYWORD_PARAMS) {
-  const auto tracked = [](const std::optional<at::Tensor>& t) { return t.has_value() && t->requires_grad(); };
-  if (!at::GradMode::is_enabled() || !(x.requires_grad() || tracked(table) || tracked(alpha))) {
-    // Nothing to differentiate (inference, decoding): skip building the graph node and its saved state.
+void add_pe_autograd(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  static const size_t num_arguments = op.schema().arguments().size();
+  static const size_t differentiable[] = {argument_index("x"), argument_index("table"), argument_index("alpha")};
+  const auto tracked = [&](size_t index) {
+    const c10::IValue& value = torch::jit::peek(*stack, index, num_arguments);
+    return value.isTensor() && value.toTensor().requires_grad();
+  };
+  if (!at::GradMode::is_enabled() || std::none_of(std::begin(differentiable), std::end(differentiable), tracked)) {
+    // Nothing to differentiate (inference, decoding): no graph node and no saved state.
     at::AutoDispatchBelowADInplaceOrView guard;
-    return call_add_pe(x, table, offset, scale, seq_dim, base, layout, frequencies, min_timescale, max_timescale,
-                       precise_angle, positions, padding_idx, alpha, dropout, seed);
+    op.callBoxed(*stack);
+    return;
   }
-  return AddPe::apply(x, table, offset, scale, seq_dim, base, layout, frequencies, min_timescale, max_timescale,
-                      precise_angle, positions, padding_idx, alpha, dropout, seed);
+  const AddPeArguments args(torch::jit::pop(*stack, num_arguments));
+  torch::jit::push(*stack, AddPe::apply(args["x"].toTensor(), args.tensor("table"), args.tensor("alpha"), args));
 }
 
 }  // namespace
-}  // namespace pe_ext
+}  // namespace pe_ext::sinusoidal
 
 TORCH_LIBRARY_IMPL(pe_ext, Autograd, m) {
-  m.impl("add_pe", &pe_ext::add_pe_autograd);
+  m.impl("add_pe", torch::CppFunction::makeFromBoxedFunction<&pe_ext::sinusoidal::add_pe_autograd>());
 }

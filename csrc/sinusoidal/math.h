@@ -18,20 +18,14 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define PE_HOST_DEVICE __host__ __device__ __forceinline__
-#elif defined(__GNUC__)  // forced, as for CUDA: the CPU kernel's per-ISA clones must inline them to vectorize them
-#define PE_HOST_DEVICE inline __attribute__((always_inline))
-#else
-#define PE_HOST_DEVICE inline
-#endif
+#include "common/host_device.h"
 
-namespace pe_ext {
+namespace pe_ext::sinusoidal {
 
 enum class Layout : int32_t { kInterleaved = 0, kConcatenated = 1 };
 
 // Everything that defines the encoding's values, filled once by the host code.
-struct PeSpec {
+struct EncodingSpec {
   int64_t d_model = 0;
   int64_t num_freqs = 0;  // interleaved: ceil(d_model / 2); concatenated: d_model / 2
   double freq_step = 0.0;
@@ -40,8 +34,8 @@ struct PeSpec {
   bool precise_angle = false;
 };
 
-inline PeSpec paper_spec(int64_t d_model, double base, Layout layout, bool precise_angle) {
-  PeSpec s;
+inline EncodingSpec paper_spec(int64_t d_model, double base, Layout layout, bool precise_angle) {
+  EncodingSpec s;
   s.d_model = d_model;
   s.layout = layout;
   s.num_freqs = layout == Layout::kInterleaved ? (d_model + 1) / 2 : d_model / 2;
@@ -51,9 +45,9 @@ inline PeSpec paper_spec(int64_t d_model, double base, Layout layout, bool preci
   return s;
 }
 
-inline PeSpec timescale_spec(int64_t d_model, double min_timescale, double max_timescale, Layout layout,
+inline EncodingSpec timescale_spec(int64_t d_model, double min_timescale, double max_timescale, Layout layout,
                              bool precise_angle) {
-  PeSpec s = paper_spec(d_model, 1.0, layout, precise_angle);
+  EncodingSpec s = paper_spec(d_model, 1.0, layout, precise_angle);
   // d_model / 2 - 1 would divide by zero for d_model < 4; tensor2tensor's max(., 1) defines that corner.
   const double steps = static_cast<double>(d_model / 2 - 1 > 1 ? d_model / 2 - 1 : 1);
   s.freq_step = -std::log(max_timescale / min_timescale) / steps;
@@ -61,7 +55,7 @@ inline PeSpec timescale_spec(int64_t d_model, double min_timescale, double max_t
   return s;
 }
 
-PE_HOST_DEVICE double frequency(const PeSpec& s, int64_t i) {
+PE_HOST_DEVICE double frequency(const EncodingSpec& s, int64_t i) {
   return s.freq_scale * ::exp(static_cast<double>(i) * s.freq_step);
 }
 
@@ -104,14 +98,14 @@ PE_HOST_DEVICE acc_t pe_angle(bool precise_angle, int64_t pos, double freq) {
 }
 
 template <typename acc_t>
-PE_HOST_DEVICE void pe_sin_cos(const PeSpec& s, int64_t pos, double freq, acc_t* sin_out, acc_t* cos_out) {
+PE_HOST_DEVICE void pe_sin_cos(const EncodingSpec& s, int64_t pos, double freq, acc_t* sin_out, acc_t* cos_out) {
   sin_cos(pe_angle<acc_t>(s.precise_angle, pos, freq), sin_out, cos_out);
 }
 
 // Which frequency column `col` uses, and whether it is its sin, its cos, or (an odd concatenated row's tail) zero.
 enum class Wave : int32_t { kSin, kCos, kZero };
 
-PE_HOST_DEVICE Wave column_wave(const PeSpec& s, int64_t col, int64_t* freq_index) {
+PE_HOST_DEVICE Wave column_wave(const EncodingSpec& s, int64_t col, int64_t* freq_index) {
   if (s.layout == Layout::kInterleaved) {
     *freq_index = col / 2;
     return col % 2 == 0 ? Wave::kSin : Wave::kCos;
@@ -132,7 +126,7 @@ struct LibrarySinCos {
 
 // The loops of pe_row for one value of precise_angle, a constant in them, so that they have no branch (and vectorize).
 template <typename acc_t, bool kPreciseAngle, typename SinCos>
-PE_HOST_DEVICE void pe_row_loops(const PeSpec& s, int64_t pos, const double* freqs, acc_t* values, SinCos sin_cos_of) {
+PE_HOST_DEVICE void pe_row_loops(const EncodingSpec& s, int64_t pos, const double* freqs, acc_t* values, SinCos sin_cos_of) {
   const int64_t n = s.num_freqs;
   if (s.layout == Layout::kInterleaved) {
     const int64_t pairs = s.d_model / 2;  // an odd row's last frequency has a sin column only
@@ -152,7 +146,7 @@ PE_HOST_DEVICE void pe_row_loops(const PeSpec& s, int64_t pos, const double* fre
 }
 
 template <typename acc_t, typename SinCos = LibrarySinCos>
-PE_HOST_DEVICE void pe_row(const PeSpec& s, int64_t pos, const double* freqs, acc_t* values,
+PE_HOST_DEVICE void pe_row(const EncodingSpec& s, int64_t pos, const double* freqs, acc_t* values,
                            SinCos sin_cos_of = SinCos()) {
   if (s.precise_angle) {
     pe_row_loops<acc_t, true>(s, pos, freqs, values, sin_cos_of);
@@ -161,41 +155,4 @@ PE_HOST_DEVICE void pe_row(const PeSpec& s, int64_t pos, const double* freqs, ac
   }
 }
 
-// --- Dropout: a counter-based mask, the same on every device and recomputable in backward instead of stored.
-// Element `index` (its logical position (b * seq_len + l) * d_model + col) is kept when its uniform number
-// u = bits / 2^24 >= p, bits being the top 24 bits of word index % 4 of Philox4x32-10(counter = index / 4, key = seed).
-// As integers: bits >= ceil(p * 2^24) (exact, since p * 2^24 is), a compare that vectorizes.
-
-struct PhiloxWords {
-  uint32_t w[4];
-};
-
-PE_HOST_DEVICE uint32_t mul_hi32(uint32_t a, uint32_t b) {
-#if defined(__CUDA_ARCH__)
-  return __umulhi(a, b);
-#else
-  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
-#endif
-}
-
-PE_HOST_DEVICE PhiloxWords philox4x32_10(uint64_t counter, uint64_t seed) {
-  uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = 0, c3 = 0;
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int round = 0; round < 10; ++round) {
-    const uint32_t hi0 = mul_hi32(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
-    const uint32_t hi1 = mul_hi32(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
-    c0 = hi1 ^ c1 ^ k0;
-    c1 = lo1;
-    c2 = hi0 ^ c3 ^ k1;
-    c3 = lo0;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  return PhiloxWords{{c0, c1, c2, c3}};
-}
-
-PE_HOST_DEVICE uint32_t dropout_threshold(double p) { return static_cast<uint32_t>(::ceil(p * 16777216.0)); }
-
-PE_HOST_DEVICE bool dropout_keeps(uint32_t word, uint32_t threshold) { return (word >> 8) >= threshold; }
-
-}  // namespace pe_ext
+}  // namespace pe_ext::sinusoidal

@@ -1,4 +1,5 @@
-// What every backend shares: the checked, normalized form of one call, and the op entry points built on it.
+// The sinusoidal family's ops: their keyword options (spelled once, below), the checked form of one call that every
+// backend computes, and the op entry points built on it.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -6,31 +7,64 @@
 #include <c10/core/SymInt.h>
 #include <c10/util/Optional.h>
 #include <c10/util/string_view.h>
+#include <torch/library.h>
 
 #include "sinusoidal/math.h"
 
-namespace pe_ext {
+namespace pe_ext::sinusoidal {
 
-// The schema's keyword arguments (see ops.cpp), as passed: the encoding, and where and how strongly pe is added.
-struct KeywordArgs {
-  double base;
-  c10::string_view layout;       // "interleaved" or "concatenated"
-  c10::string_view frequencies;  // "paper" (base) or "timescales" (min_timescale, max_timescale)
-  double min_timescale;
-  double max_timescale;
-  bool precise_angle;
-  const c10::optional<at::Tensor>& positions;  // explicit position ids, or none: offset + l
-  int64_t padding_idx;                         // this position gets a zero pe; -1: none
-  const c10::optional<at::Tensor>& alpha;      // 0-dim factor on pe, or none: 1
-  double dropout;                              // probability of zeroing an element of the result
-  int64_t seed;                                // the dropout mask's Philox key
+// The keyword options every op of the family ends with, in schema order:
+//   X(C++ parameter type, name, schema type, schema default)
+// They drive the schemas' tails (ops.cpp), the kernels' parameter lists and SinusoidalOptions; autograd finds
+// arguments in the schema by name. The Python twin of this list is pe_ext/sinusoidal/schema.py's OPTIONS.
+//   base               frequencies = "paper": freq(i) = base^(-2i / d_model)
+//   layout             "interleaved" (sin, cos, sin, cos, ...) or "concatenated" (all sin, then all cos)
+//   frequencies        "paper" (base) or "timescales" (tensor2tensor, fairseq: periods from min_timescale to
+//   min/max_timescale  max_timescale, geometrically)
+//   precise_angle      form and reduce the angle in double before the float32 sin/cos (accurate at any position)
+//   positions          int position ids shaped like x without d_model, or (seq_len,) for the whole batch; the
+//                      position of an element is offset + its id (default: offset + its index along seq_dim)
+//   padding_idx        the position whose pe is zero (fairseq's padding), -1 for none
+//   alpha              a 0-dim tensor multiplying pe (ESPnet's learnable alpha), None for 1
+//   dropout, seed      fused dropout of the result: the mask is a function of (seed, element), so backward
+//                      recomputes it and CPU and CUDA agree
+#define PE_SINUSOIDAL_OPTIONS(X)                                             \
+  X(double, base, "float", "10000.0")                                        \
+  X(c10::string_view, layout, "str", "\"interleaved\"")                      \
+  X(c10::string_view, frequencies, "str", "\"paper\"")                       \
+  X(double, min_timescale, "float", "1.0")                                   \
+  X(double, max_timescale, "float", "10000.0")                               \
+  X(bool, precise_angle, "bool", "False")                                    \
+  X(const c10::optional<at::Tensor>&, positions, "Tensor?", "None")          \
+  X(int64_t, padding_idx, "int", "-1")                                       \
+  X(const c10::optional<at::Tensor>&, alpha, "Tensor?", "None")              \
+  X(double, dropout, "float", "0.0")                                         \
+  X(int64_t, seed, "int", "0")
+
+// Expansions of the list: a schema tail (", float base=10000.0, ..."), a parameter list and an argument list to
+// append after the positional ones, and struct fields.
+#define PE_OPTION_SCHEMA(cpp_type, name, schema_type, schema_default) ", " schema_type " " #name "=" schema_default
+#define PE_OPTION_PARAM(cpp_type, name, ...) , cpp_type name
+#define PE_OPTION_ARG(cpp_type, name, ...) , name
+#define PE_OPTION_FIELD(cpp_type, name, ...) cpp_type name;
+#define PE_OPTION_INIT(cpp_type, name, ...) name,
+
+#define PE_SINUSOIDAL_OPTIONS_SCHEMA PE_SINUSOIDAL_OPTIONS(PE_OPTION_SCHEMA)
+#define PE_SINUSOIDAL_OPTIONS_PARAMS PE_SINUSOIDAL_OPTIONS(PE_OPTION_PARAM)
+#define PE_SINUSOIDAL_OPTIONS_ARGS PE_SINUSOIDAL_OPTIONS(PE_OPTION_ARG)
+
+// The options of one call, as passed (they refer to the caller's arguments).
+struct SinusoidalOptions {
+  PE_SINUSOIDAL_OPTIONS(PE_OPTION_FIELD)
 };
+#define PE_SINUSOIDAL_OPTIONS_STRUCT \
+  SinusoidalOptions { PE_SINUSOIDAL_OPTIONS(PE_OPTION_INIT) }
 
 // One call, checked and seen batch-first: out[b, l, :] = x[b, l, :] * scale + alpha * pe(position(b, l), :), with
 // position(b, l) = offset + (positions[b, l] if given, else l), and pe(padding_idx, :) = 0; then, with dropout > 0,
-// each element is zeroed with probability dropout (pe_math.h's Philox mask) or scaled by 1 / (1 - dropout).
+// each element is zeroed with probability dropout (common/philox.h's mask) or scaled by 1 / (1 - dropout).
 // x is undefined when building a table (x taken as 0); table is undefined when pe is computed on the fly.
-struct AddPeProblem {
+struct SinusoidalProblem {
   at::Tensor x;          // [batch, seq_len, d_model], any strides, or undefined
   at::Tensor out;        // [batch, seq_len, d_model], any non-overlapping strides
   at::Tensor table;      // [rows > every position, d_model], float32 or x's dtype, or undefined
@@ -41,7 +75,7 @@ struct AddPeProblem {
   double scale = 1.0;
   double dropout = 0.0;
   uint64_t seed = 0;
-  PeSpec spec;
+  EncodingSpec spec;
 
   int64_t batch() const { return out.size(0); }
   int64_t seq_len() const { return out.size(1); }
@@ -53,52 +87,56 @@ enum class Write { kNew, kInPlace, kOut };
 
 // Check the arguments of add_pe / add_pe_ / add_pe_out (out is x for the in-place op) and view them batch-first.
 // Every check runs before anything is written.
-AddPeProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset,
-                            double scale, int64_t seq_dim, const KeywordArgs& keywords, const at::Tensor& out,
-                            Write write);
+SinusoidalProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset,
+                                 double scale, int64_t seq_dim, const SinusoidalOptions& options,
+                                 const at::Tensor& out, Write write);
 
 // Check the arguments of fill_table_ (out: [num_positions, d_model]) and view them as a problem with no x.
-AddPeProblem prepare_fill_table(const at::Tensor& out, int64_t offset, const KeywordArgs& keywords);
+SinusoidalProblem prepare_fill_table(const at::Tensor& out, int64_t offset, const SinusoidalOptions& options);
 
-// The ops, for a backend whose kernel computes one prepared problem.
-using ProblemKernel = void (*)(const AddPeProblem&);
+// Declares the family's ops (csrc/library.cpp calls it inside the one TORCH_LIBRARY block).
+void define(torch::Library& m);
 
-// Every op ends with the same keyword arguments (ops.cpp, PE_KEYWORD_SCHEMA).
-#define PE_KEYWORD_PARAMS                                                                                      \
-  double base, c10::string_view layout, c10::string_view frequencies, double min_timescale, double max_timescale, \
-      bool precise_angle, const c10::optional<at::Tensor>&positions, int64_t padding_idx,                       \
-      const c10::optional<at::Tensor>&alpha, double dropout, int64_t seed
-#define PE_KEYWORD_ARGS                                                                                     \
-  KeywordArgs {                                                                                            \
-    base, layout, frequencies, min_timescale, max_timescale, precise_angle, positions, padding_idx, alpha, \
-        dropout, seed                                                                                    \
-  }
+// --- The ops, for a backend whose kernel computes one prepared problem. The schemas type offset as SymInt
+// (torch.compile keeps it symbolic instead of recompiling per value); every kernel of an op must share one C++
+// signature, and a backend kernel only ever sees a concrete value.
+using ProblemKernel = void (*)(const SinusoidalProblem&);
 
-// The schema types offset as SymInt (torch.compile keeps it symbolic instead of recompiling per value); every kernel
-// of an op must share one C++ signature, and a backend kernel only ever sees a concrete one.
 template <ProblemKernel kernel>
 at::Tensor add_pe_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, c10::SymInt offset, double scale,
-                     int64_t seq_dim, PE_KEYWORD_PARAMS) {
+                     int64_t seq_dim PE_SINUSOIDAL_OPTIONS_PARAMS) {
   at::Tensor out = at::empty_like(x);
-  kernel(prepare_add_pe(x, table, offset.expect_int(), scale, seq_dim, PE_KEYWORD_ARGS, out, Write::kNew));
+  kernel(prepare_add_pe(x, table, offset.expect_int(), scale, seq_dim, PE_SINUSOIDAL_OPTIONS_STRUCT, out,
+                        Write::kNew));
   return out;
 }
 
 template <ProblemKernel kernel>
 void add_pe_inplace_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, c10::SymInt offset, double scale,
-                       int64_t seq_dim, PE_KEYWORD_PARAMS) {
-  kernel(prepare_add_pe(x, table, offset.expect_int(), scale, seq_dim, PE_KEYWORD_ARGS, x, Write::kInPlace));
+                       int64_t seq_dim PE_SINUSOIDAL_OPTIONS_PARAMS) {
+  kernel(prepare_add_pe(x, table, offset.expect_int(), scale, seq_dim, PE_SINUSOIDAL_OPTIONS_STRUCT, x,
+                        Write::kInPlace));
 }
 
 template <ProblemKernel kernel>
 void add_pe_out_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, c10::SymInt offset, double scale,
-                   int64_t seq_dim, const at::Tensor& out, PE_KEYWORD_PARAMS) {
-  kernel(prepare_add_pe(x, table, offset.expect_int(), scale, seq_dim, PE_KEYWORD_ARGS, out, Write::kOut));
+                   int64_t seq_dim, const at::Tensor& out PE_SINUSOIDAL_OPTIONS_PARAMS) {
+  kernel(prepare_add_pe(x, table, offset.expect_int(), scale, seq_dim, PE_SINUSOIDAL_OPTIONS_STRUCT, out,
+                        Write::kOut));
 }
 
 template <ProblemKernel kernel>
-void fill_table_op(const at::Tensor& out, c10::SymInt offset, PE_KEYWORD_PARAMS) {
-  kernel(prepare_fill_table(out, offset.expect_int(), PE_KEYWORD_ARGS));
+void fill_table_op(const at::Tensor& out, c10::SymInt offset PE_SINUSOIDAL_OPTIONS_PARAMS) {
+  kernel(prepare_fill_table(out, offset.expect_int(), PE_SINUSOIDAL_OPTIONS_STRUCT));
 }
 
-}  // namespace pe_ext
+// Registers a backend's kernel for every op of the family under `m` (a TORCH_LIBRARY_IMPL block).
+template <ProblemKernel kernel>
+void register_kernels(torch::Library& m) {
+  m.impl("add_pe", &add_pe_op<kernel>);
+  m.impl("add_pe_", &add_pe_inplace_op<kernel>);
+  m.impl("add_pe_out", &add_pe_out_op<kernel>);
+  m.impl("fill_table_", &fill_table_op<kernel>);
+}
+
+}  // namespace pe_ext::sinusoidal

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from . import ops
+from . import ops, schema
 
 BufferMode = Literal["persistent", "non_persistent", "none"]
 _BUFFER_MODES = ("persistent", "non_persistent", "none")
@@ -39,7 +39,7 @@ class PositionalEncoding(nn.Module):
     pe: Tensor | None
 
     def __init__(self, d_model: int, max_len: int = 5000, dropout: float = 0.0, *, buffer: BufferMode = "persistent",
-                 batch_first: bool = True, scale: float = 1.0, grow: bool = False, base: float = ops.DEFAULT_BASE,
+                 batch_first: bool = True, scale: float = 1.0, grow: bool = False, base: float = schema.DEFAULTS["base"],
                  device: torch.device | str | None = None, **encoding) -> None:
         super().__init__()
         ops.check_table_args(max_len, d_model)  # even with buffer="none", to fail here rather than in forward
@@ -52,7 +52,7 @@ class PositionalEncoding(nn.Module):
         self.encoding = {"base": base, **encoding}
         ops.sinusoidal_table(0, d_model, **self.encoding)  # checks the encoding now, also with buffer="none"
         # What forward passes to the op: only non-default keywords, which each cost time to parse.
-        self._op_encoding = {k: v for k, v in self.encoding.items() if ops.ENCODING_DEFAULTS.get(k) != v}
+        self._op_encoding = {k: v for k, v in self.encoding.items() if schema.DEFAULTS.get(k) != v}
         self.dropout = nn.Dropout(dropout)
         table = None if buffer == "none" else self._build_table(device, torch.float32)
         self.register_buffer("pe", table, persistent=buffer == "persistent")

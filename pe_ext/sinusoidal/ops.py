@@ -1,6 +1,7 @@
-"""Typed wrappers over torch.ops.pe_ext.*, and their fake (meta) kernels.
+"""The sinusoidal family's public functions: typed wrappers over torch.ops.pe_ext.*, the family's registration (its
+schemas and fallback kernels), and the ops' fake (meta) kernels.
 
-Every function takes the encoding keywords of the ops (csrc/ops.cpp):
+Every function takes the encoding keywords of the ops (csrc/sinusoidal/ops.h):
     base=10000.0             frequencies="paper": freq(i) = base^(-2i / d_model)
     frequencies="paper"      or "timescales": periods from min_timescale to max_timescale (tensor2tensor, fairseq)
     min_timescale=1.0, max_timescale=10000.0
@@ -15,13 +16,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import _backend  # registers torch.ops.pe_ext.*
-from . import reference
+from .. import _backend
+from .._checks import INT64_MAX, SUPPORTED_DTYPES
+from . import checks, fallback, schema
 
-DEFAULT_BASE = 10000.0
-# The encoding keywords' defaults in the ops' schemas (csrc/ops.cpp).
-ENCODING_DEFAULTS = {"base": DEFAULT_BASE, "layout": "interleaved", "frequencies": "paper", "min_timescale": 1.0,
-                     "max_timescale": 10000.0, "precise_angle": False}
+_backend.register_family("sinusoidal", _backend.Family(schema.SCHEMAS, fallback.KERNELS, composite={"add_pe"}))
 
 
 def _seq_dim(x: Tensor, batch_first: bool) -> int:
@@ -30,7 +29,7 @@ def _seq_dim(x: Tensor, batch_first: bool) -> int:
 
 def _checked_offset(offset: int) -> int:
     # The ops take an int64; outside it torch's argument parser would refuse the call without saying why.
-    if isinstance(offset, int) and not -(2**63) <= offset <= reference.INT64_MAX:
+    if isinstance(offset, int) and not -(2**63) <= offset <= INT64_MAX:
         raise ValueError(f"pe_ext: offset must be >= 0 and fit in int64, got {offset}")
     return offset
 
@@ -119,7 +118,7 @@ def sinusoidal_table(num_positions: int, d_model: int, *, offset: int = 0, dtype
                      device: torch.device | str | None = None, **encoding) -> Tensor:
     """The (num_positions, d_model) table of pe(offset + p, :), built by a kernel on `device`."""
     check_table_args(num_positions, d_model)
-    if dtype not in reference.SUPPORTED_DTYPES:
+    if dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"pe_ext: dtype must be float32, float64, float16 or bfloat16, got {dtype}")
     out = torch.empty(num_positions, d_model, dtype=dtype, device=device)
     torch.ops.pe_ext.fill_table_.default(out, _checked_offset(offset), **encoding)
@@ -149,24 +148,24 @@ def make_positions(tokens: Tensor, padding_idx: int) -> Tensor:
 # they run the ops' checks, all but those that read addresses or values.
 if _backend.has_extension():  # the fallback's add_pe is a composite of torch ops, which brings its own
     @torch.library.register_fake("pe_ext::add_pe")
-    def _add_pe_fake(x, table=None, offset=0, scale=1.0, seq_dim=1, **keywords):
-        reference.check_add_pe(x, table, offset, scale, seq_dim, reference._keywords(**keywords), None, reference.NEW,
-                               data=False)
+    def _add_pe_fake(x, table=None, offset=0, scale=1.0, seq_dim=1, **options):
+        checks.check_add_pe(x, table, offset, scale, seq_dim, schema.with_defaults(**options), None, checks.NEW,
+                            has_storage=False)
         return torch.empty_like(x)
 
 
 @torch.library.register_fake("pe_ext::add_pe_")
-def _add_pe_inplace_fake(x, table=None, offset=0, scale=1.0, seq_dim=1, **keywords):
-    reference.check_add_pe(x, table, offset, scale, seq_dim, reference._keywords(**keywords), None,
-                           reference.IN_PLACE, data=False)
+def _add_pe_inplace_fake(x, table=None, offset=0, scale=1.0, seq_dim=1, **options):
+    checks.check_add_pe(x, table, offset, scale, seq_dim, schema.with_defaults(**options), None, checks.IN_PLACE,
+                        has_storage=False)
 
 
 @torch.library.register_fake("pe_ext::add_pe_out")
-def _add_pe_out_fake(x, table, offset, scale, seq_dim, out, **keywords):
-    reference.check_add_pe(x, table, offset, scale, seq_dim, reference._keywords(**keywords), out, reference.OUT,
-                           data=False)
+def _add_pe_out_fake(x, table, offset, scale, seq_dim, out, **options):
+    checks.check_add_pe(x, table, offset, scale, seq_dim, schema.with_defaults(**options), out, checks.OUT,
+                        has_storage=False)
 
 
 @torch.library.register_fake("pe_ext::fill_table_")
-def _fill_table_fake(out, offset=0, **keywords):
-    reference.check_fill_table(out, offset, reference._keywords(**keywords), data=False)
+def _fill_table_fake(out, offset=0, **options):
+    checks.check_fill_table(out, offset, schema.with_defaults(**options), has_storage=False)

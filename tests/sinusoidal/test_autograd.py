@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from oracle import ClassicPositionalEncoding, oracle_add, tolerance
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 
 import pe_ext
+from tests.sinusoidal.oracle import ClassicPositionalEncoding, oracle_add, tolerance
 
 # (shape, batch_first, seq_dim): batch-first (B, L, D), sequence-first (L, B, D), 2-D (L, D), and an odd d_model.
 LAYOUTS = {

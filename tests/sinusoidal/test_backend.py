@@ -1,4 +1,4 @@
-"""Which implementation runs, the op schemas, and the pure-PyTorch fallback taken when nothing is compiled."""
+"""The sinusoidal ops' schema defaults, and the pure-PyTorch fallback taken when nothing is compiled."""
 
 from __future__ import annotations
 
@@ -9,52 +9,30 @@ import textwrap
 
 import pytest
 import torch
-from conftest import FORCED_FALLBACK, requires_extension
 
-import pe_ext
-from pe_ext import _backend
-
-
-@requires_extension
-def test_extension_is_loaded():
-    """CI builds the extension; failing to load it must fail the suite, not silently test the fallback."""
-    assert pe_ext.has_extension(), _backend.LOAD_ERROR
-    assert pe_ext.backend()["cpu"] == _backend.EXTENSION_CPU
+from pe_ext.sinusoidal import schema
+from tests.helpers import FORCED_FALLBACK
 
 
-@requires_extension
-def test_fallback_schemas_match_the_compiled_ones():
-    for name, schema in _backend.SCHEMAS.items():
-        assert str(getattr(torch.ops.pe_ext, name).default._schema) == str(torch._C.parse_schema("pe_ext::" + schema))
-
-
-def test_encoding_defaults_match_every_schema():
-    """Wrappers leave out keywords equal to ENCODING_DEFAULTS, so these must be the schemas' own defaults."""
-    for name in _backend.SCHEMAS:
+def test_option_defaults_match_every_schema():
+    """Wrappers leave out options equal to schema.DEFAULTS, so these must be the registered schemas' own defaults."""
+    for name in schema.SCHEMAS:
         arguments = {a.name: a for a in getattr(torch.ops.pe_ext, name).default._schema.arguments}
-        for key, value in pe_ext.sinusoidal.ops.ENCODING_DEFAULTS.items():
+        for key, value in schema.DEFAULTS.items():
             assert arguments[key].default_value == value, (name, key)
-
-
-def test_backend_reports_every_device():
-    info = pe_ext.backend()
-    assert set(info) == {"cpu", "cuda"}
-    if not torch.cuda.is_available():
-        assert "no CUDA device present" in info["cuda"]
 
 
 @pytest.mark.skipif(FORCED_FALLBACK, reason="already running in fallback mode")
 def test_fallback_without_extension_warns_once_and_matches_oracle():
     script = textwrap.dedent("""
-        import sys, warnings
-        sys.path.insert(0, "tests/sinusoidal")
+        import warnings
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             import pe_ext
             import pe_ext.sinusoidal.ops, pe_ext.sinusoidal.modules
         assert sum("fallback" in str(w.message) for w in caught) == 1, [str(w.message) for w in caught]
         import torch
-        from oracle import oracle_add, tolerance
+        from tests.sinusoidal.oracle import oracle_add, tolerance
         assert pe_ext.backend()["cpu"] == "pure-PyTorch fallback", pe_ext.backend()
         assert not pe_ext.has_extension()
         x = torch.randn(2, 30, 16)

@@ -8,12 +8,11 @@ import io
 
 import pytest
 import torch
-from conftest import requires_cuda
-from oracle import oracle_add, tolerance
 from torch import nn
 from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
 import pe_ext
+from tests.sinusoidal.oracle import oracle_add, tolerance
 
 D_MODEL, MAX_LEN = 16, 64
 BUFFERS = ["persistent", "non_persistent", "none"]
@@ -179,7 +178,7 @@ def test_exported_program_saves_and_loads():
 # CUDA graphs
 
 
-@requires_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("buffer", ["persistent", "none"])
 def test_cuda_graph_capture_and_replay(buffer):
     """Forward (table or on the fly), in-place add and table build captured in one graph; each replay reads the new

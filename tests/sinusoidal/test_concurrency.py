@@ -9,13 +9,12 @@ import threading
 
 import pytest
 import torch
-from conftest import requires_extension
-from oracle import oracle_add, oracle_pe, tolerance
 
 import pe_ext
+from tests.helpers import DTYPES, requires_extension, requires_testing_ops
+from tests.sinusoidal.oracle import oracle_add, oracle_pe, tolerance
 
 THREADS, CALLS_PER_THREAD = 8, 40
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
 def one_call(i, generator):
@@ -88,10 +87,10 @@ def varied_calls(count, start):
         elif form == 3:
             pe_ext.add_sinusoidal_pe(x, offset=offset, out=torch.empty_like(x))
         else:
-            torch.ops.pe_ext._cuda_grid_emulator(torch.empty_like(x), x, None, offset, 1.0, 1, 132)
+            torch.ops.pe_ext._add_pe_grid_emulator(torch.empty_like(x), x, None, offset, 1.0, 1, 132)
 
 
-@requires_extension
+@requires_testing_ops
 @pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
                     reason="AddressSanitizer holds freed memory in quarantine by design; RSS is not flat under it")
 def test_ten_thousand_calls_leave_memory_flat():

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import requires_cuda
-from oracle import ClassicPositionalEncoding, oracle_add, oracle_encoding, oracle_pe, tolerance
-from test_conventions import ENCODINGS
-from test_parity import DTYPES, check, make_x
 
 import pe_ext
+from tests.helpers import DTYPES, make_x
+from tests.sinusoidal.impls import ENCODINGS, check
+from tests.sinusoidal.oracle import ClassicPositionalEncoding, oracle_add, oracle_encoding, oracle_pe, tolerance
 
-pytestmark = [pytest.mark.cuda, requires_cuda]
+pytestmark = pytest.mark.cuda
 
 
 def cpu_and_cuda(x, table, offset, scale, seq_dim):

@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from oracle import oracle_add, tolerance
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import pe_ext
+from tests.sinusoidal.oracle import oracle_add, tolerance
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with the gloo backend is not available")

@@ -7,13 +7,11 @@ import math
 
 import pytest
 import torch
-from conftest import requires_cuda, requires_extension
-from impls import EXTENSION_IMPLS, FALLBACK_IMPLS
-from oracle import oracle_add, tolerance
 
 import pe_ext
-
-IMPLS = {**{k: pytest.param(v, marks=requires_extension) for k, v in EXTENSION_IMPLS.items()}, **FALLBACK_IMPLS}
+from tests.helpers import requires_extension
+from tests.sinusoidal.impls import IMPLS
+from tests.sinusoidal.oracle import oracle_add, tolerance
 
 
 @pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
@@ -40,7 +38,7 @@ def test_every_implementation_draws_the_same_mask(impl, shape, seq_dim, layout, 
     x = torch.randn(shape).to(dtype)
     if layout == "strided":
         x = torch.randn(*shape[:-1], 2 * shape[-1]).to(dtype)[..., ::2]
-    reference = pe_ext.sinusoidal.reference.add_pe(x, None, 3, 1.0, seq_dim, dropout=0.25, seed=2**40 + 11)
+    reference = pe_ext.sinusoidal.fallback.add_pe(x, None, 3, 1.0, seq_dim, dropout=0.25, seed=2**40 + 11)
     out = impl(x, None, 3, 1.0, 10000.0, seq_dim, dropout=0.25, seed=2**40 + 11)
     assert torch.equal(out == 0, reference == 0)
     atol, rtol = tolerance(dtype, 20, 6.0)
@@ -111,7 +109,7 @@ def test_module_dropout_is_fused_and_eval_disables_it():
     torch.testing.assert_close(module(x).double(), oracle_add(x), atol=atol, rtol=rtol)
 
 
-@requires_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_cuda_draws_the_cpu_mask(dtype):
     x = torch.randn(6, 100, 72).to(dtype)

@@ -2,10 +2,9 @@
 exception type it must raise and a pattern its message must match (naming the argument at fault), run against the
 compiled ops and the pure-PyTorch fallback alike, so the two keep the same checks.
 
-Position tensors are not in the API yet (another issue adds them), so their rows (wrong shape, dtype, device) are not
-here. Without a GPU, x and table on different devices are emulated with the meta device: a call mixing meta and CPU
-tensors dispatches to the fake kernels in pe_ext/ops.py, which run reference.py's checks; the C++ device check is
-exercised on a GPU by tests/test_cuda.py.
+Without a GPU, x and table on different devices are emulated with the meta device: a call mixing meta and CPU
+tensors dispatches to the fake kernels in pe_ext/sinusoidal/ops.py, which run checks.py's checks; the C++ device
+check is exercised on a GPU by test_cuda.py.
 """
 
 from __future__ import annotations
@@ -16,10 +15,10 @@ import sys
 
 import pytest
 import torch
-from conftest import FORCED_FALLBACK
 
 import pe_ext
-import pe_ext.sinusoidal.reference
+import pe_ext.sinusoidal.fallback
+from tests.helpers import FORCED_FALLBACK
 
 BASE = 10000.0
 I64 = 2**63 - 1
@@ -194,7 +193,8 @@ def assert_refused(fn, args, error, match):
     assert_unchanged(args, before)
 
 
-IMPLS = {"compiled": lambda op: getattr(torch.ops.pe_ext, op), "reference": lambda op: getattr(pe_ext.sinusoidal.reference, op)}
+IMPLS = {"extension": lambda op: getattr(torch.ops.pe_ext, op),
+         "fallback": lambda op: getattr(pe_ext.sinusoidal.fallback, op)}
 
 
 def call_op(fn, op):

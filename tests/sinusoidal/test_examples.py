@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import requires_extension
+from tests.helpers import requires_extension
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import requires_extension
-from oracle import oracle_pe, tolerance
+
+from tests.helpers import requires_extension, requires_testing_ops
+from tests.sinusoidal.oracle import oracle_pe, tolerance
 
 BATCH, D_MODEL = 1, 1024
 SEQ_LEN = 2**31 // D_MODEL + 8
@@ -28,7 +29,7 @@ def mem_available_gib() -> float:
     return int(fields["MemAvailable"].split()[0]) / 2**20
 
 
-pytestmark = requires_extension
+pytestmark = [requires_extension, requires_testing_ops]
 
 
 def pattern(n, period, step):
@@ -73,7 +74,7 @@ def test_more_than_2_31_elements():
     torch.ops.pe_ext.add_pe_out(x, None, OFFSET, 1.0, 1, out)
     check_on_the_fly(out, positions)
     out[0, positions] = float("nan")  # the grid must rewrite them
-    torch.ops.pe_ext._cuda_grid_emulator(out, x, None, OFFSET, 1.0, 1, 132)
+    torch.ops.pe_ext._add_pe_grid_emulator(out, x, None, OFFSET, 1.0, 1, 132)
     check_on_the_fly(out, positions)
     assert torch.equal(x[0, positions], x_values(positions)), "x was modified"
 
@@ -88,7 +89,7 @@ def test_more_than_2_31_elements():
     expected_tail = x_values(rows) + table_values(rows + OFFSET)
     assert torch.equal(torch.ops.pe_ext.add_pe(tail, table, OFFSET + far, 1.0, 1)[0], expected_tail)
     grid_out = torch.empty_like(tail)
-    torch.ops.pe_ext._cuda_grid_emulator(grid_out, tail, table, OFFSET + far, 1.0, 1, 132)
+    torch.ops.pe_ext._add_pe_grid_emulator(grid_out, tail, table, OFFSET + far, 1.0, 1, 132)
     assert torch.equal(grid_out[0], expected_tail)
 
     torch.ops.pe_ext.add_pe_(x, table, OFFSET, 1.0, 1)
@@ -132,7 +133,7 @@ def test_strides_past_int32(huge_dim, form, mode):
         if form == "out":
             torch.ops.pe_ext.add_pe_out(x, table, offset, 1.5, 1, out)
         else:
-            torch.ops.pe_ext._cuda_grid_emulator(out, x, table, offset, 1.5, 1, 132)
+            torch.ops.pe_ext._add_pe_grid_emulator(out, x, table, offset, 1.5, 1, 132)
     expected = x_before.double() * 1.5 + oracle_pe(torch.arange(offset, offset + shape[1]), shape[2])
     atol, rtol = tolerance(torch.bfloat16, offset + shape[1], 8.0)
     torch.testing.assert_close(out.double(), expected, atol=atol, rtol=rtol)

@@ -6,9 +6,15 @@ import math
 
 import pytest
 import torch
-from oracle import ClassicPositionalEncoding, fairseq_sinusoidal_embedding, oracle_add, oracle_pe, tolerance
 
 import pe_ext
+from tests.sinusoidal.oracle import (
+    ClassicPositionalEncoding,
+    fairseq_sinusoidal_embedding,
+    oracle_add,
+    oracle_pe,
+    tolerance,
+)
 
 
 def test_grow_on_demand_keeps_dtype_and_device():

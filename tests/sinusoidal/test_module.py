@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from oracle import ClassicPositionalEncoding, oracle_add, oracle_pe, tolerance
 from torch import nn
 
 import pe_ext
+from tests.sinusoidal.oracle import ClassicPositionalEncoding, oracle_add, oracle_pe, tolerance
 
 
 def test_buffer_matches_classic_table_to_float32_rounding():

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from oracle import OUTPUT_EPS, oracle_pe, tolerance
-from test_parity import DTYPES, IMPLS
+
+from tests.helpers import DTYPES
+from tests.sinusoidal.impls import IMPLS
+from tests.sinusoidal.oracle import OUTPUT_EPS, oracle_pe, tolerance
 
 BASE = 10000.0
 FINFO_MAX = {dtype: torch.finfo(dtype).max for dtype in DTYPES}

@@ -8,14 +8,14 @@ import itertools
 
 import pytest
 import torch
-from conftest import FORCED_FALLBACK, requires_cuda, requires_extension
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import pe_ext  # noqa: F401  (registers the ops and their fake kernels)
+from tests.helpers import FORCED_FALLBACK, requires_extension, requires_testing_ops
 
 OPS = torch.ops.pe_ext
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
-DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
 def layouts(dtype, device):
@@ -121,7 +121,7 @@ def test_opcheck_fill_table(device):
     check_all(OPS.fill_table_.default, cases)
 
 
-@requires_extension
+@requires_testing_ops
 def test_opcheck_grid_emulator():
     """The test-only op passes too (it mutates `out` and returns nothing, so torch generates its fake kernel)."""
     cases = []
@@ -129,7 +129,7 @@ def test_opcheck_grid_emulator():
         if name.startswith("torch.float32"):
             cases.append((name, (torch.empty_like(x), x, table, offset, 1.5, seq_dim, 4)))
     cases.append(("table", (torch.empty(9, 8), None, None, 3, 1.0, 0, 1)))
-    check_all(OPS._cuda_grid_emulator.default, cases)
+    check_all(OPS._add_pe_grid_emulator.default, cases)
 
 
 def test_every_op_runs_on_fake_and_meta_tensors():

@@ -5,42 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import requires_extension
-from impls import EXTENSION_IMPLS, FALLBACK_IMPLS
-from oracle import ClassicPositionalEncoding, oracle_add, oracle_pe, tolerance
 
 import pe_ext
-
-IMPLS = {**{k: pytest.param(v, marks=requires_extension) for k, v in EXTENSION_IMPLS.items()}, **FALLBACK_IMPLS}
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-
-
-def make_x(shape, dtype, layout):
-    """x of `shape` whose memory is laid out as `layout` says."""
-    if layout == "contiguous":
-        return torch.randn(shape).to(dtype)
-    if layout == "strided_d":  # every other element of a wider row
-        return torch.randn(*shape[:-1], 2 * shape[-1]).to(dtype)[..., ::2]
-    if layout == "sliced_d":  # a prefix of wider rows: rows stay 16-byte aligned, the last chunk is a tail
-        return torch.randn(*shape[:-1], shape[-1] + 5).to(dtype)[..., : shape[-1]]
-    if layout == "misaligned":  # storage offset of one element: no 16-byte accesses possible
-        flat = torch.randn(torch.Size(shape).numel() + 1).to(dtype)
-        return flat[1:].view(shape)
-    if layout == "permuted":  # first two dimensions swapped in memory
-        return torch.randn(shape[1], shape[0], *shape[2:]).to(dtype).transpose(0, 1)
-    raise ValueError(layout)
-
-
-def check(out, x, offset=0, scale=1.0, base=10000.0, seq_dim=1, magnitude=4.0):
-    assert out.dtype == x.dtype and out.shape == x.shape
-    seq_len = x.shape[seq_dim if x.dim() == 3 else 0]
-    atol, rtol = tolerance(x.dtype, offset + seq_len, magnitude * abs(scale))
-    torch.testing.assert_close(out.double(), oracle_add(x, offset, scale, base, seq_dim), atol=atol, rtol=rtol)
+from tests.helpers import DTYPES, LAYOUTS, make_x, requires_extension, requires_testing_ops
+from tests.sinusoidal.impls import IMPLS, check
+from tests.sinusoidal.oracle import ClassicPositionalEncoding, oracle_add, oracle_pe, tolerance
 
 
 @pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("layout", ["contiguous", "strided_d", "sliced_d", "misaligned", "permuted"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape,seq_dim", [((3, 5, 24), 1), ((5, 3, 24), 0), ((7, 16), 0), ((2, 9, 17), 1)],
                          ids=["BLD", "LBD", "LD", "odd_d"])
 def test_on_the_fly_matches_oracle(impl, dtype, layout, shape, seq_dim):
@@ -125,12 +99,12 @@ def test_batch_rows_share_the_position_values(impl):
     check(impl(x, None, 0, 1.0, 10000.0, 1), x)
 
 
-@requires_extension
+@requires_testing_ops
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("num_sms", [1, 132])
 def test_table_builder_matches_oracle(dtype, num_sms):
     for build in (lambda out: torch.ops.pe_ext.fill_table_(out, 9),
-                  lambda out: torch.ops.pe_ext._cuda_grid_emulator(out, None, None, 9, 1.0, 0, num_sms)):
+                  lambda out: torch.ops.pe_ext._add_pe_grid_emulator(out, None, None, 9, 1.0, 0, num_sms)):
         out = torch.full((300, 37), float("nan"), dtype=dtype)
         build(out)
         atol, rtol = tolerance(dtype, 309)
@@ -165,7 +139,7 @@ def test_outputs_larger_than_the_cache_are_streamed_correctly(dtype, dropout):
     if dropout == 0:
         check(out, x, offset=5)
     else:
-        reference = pe_ext.sinusoidal.reference.add_pe(x, None, 5, 1.0, 1, dropout=dropout, seed=3)
+        reference = pe_ext.sinusoidal.fallback.add_pe(x, None, 5, 1.0, 1, dropout=dropout, seed=3)
         assert torch.equal(out == 0, reference == 0)
         atol, rtol = tolerance(dtype, 5 + x.shape[1], 4.0 / (1 - dropout))
         torch.testing.assert_close(out.double(), reference.double(), atol=atol, rtol=rtol)

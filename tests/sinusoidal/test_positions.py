@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import requires_extension
-from impls import EXTENSION_IMPLS, FALLBACK_IMPLS
-from oracle import fairseq_sinusoidal_embedding, oracle_encoding, tolerance
 
 import pe_ext
+from tests.helpers import requires_extension
+from tests.sinusoidal.impls import IMPLS
+from tests.sinusoidal.oracle import fairseq_sinusoidal_embedding, oracle_encoding, tolerance
 
-IMPLS = {**{k: pytest.param(v, marks=requires_extension) for k, v in EXTENSION_IMPLS.items()}, **FALLBACK_IMPLS}
 ENCODINGS = {"paper": {}, "fairseq": {"frequencies": "timescales", "layout": "concatenated"}}
 
 

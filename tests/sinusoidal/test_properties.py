@@ -9,15 +9,14 @@ from __future__ import annotations
 import math
 
 import torch
-from conftest import FORCED_FALLBACK
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from oracle import oracle_add, oracle_pe, tolerance
 
 import pe_ext
-import pe_ext.sinusoidal.reference
+import pe_ext.sinusoidal.fallback
+from tests.helpers import DTYPES
+from tests.sinusoidal.oracle import oracle_add, oracle_pe, tolerance
 
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 SENTINEL = 3.0  # fills the memory around a strided target; exact in every dtype, never a result here
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -105,14 +104,15 @@ def expected_and_tolerance(x, table, offset, scale, base, seq_dim):
 
 
 def ops_of(backend):
-    return torch.ops.pe_ext if backend == "compiled" else pe_ext.sinusoidal.reference
+    return torch.ops.pe_ext if backend == "extension" else pe_ext.sinusoidal.fallback
 
 
-FORMS = ["new", "in_place", "out"] + ([] if FORCED_FALLBACK else ["grid"])
+GRID = ["grid"] if pe_ext._backend.has_testing_ops() else []
+FORMS = ["new", "in_place", "out", *GRID]
 
 
 @settings(max_examples=1000, **SETTINGS)
-@given(problem=problems(), backend=st.sampled_from(["compiled", "reference"]), form=st.sampled_from(FORMS),
+@given(problem=problems(), backend=st.sampled_from(["extension", "fallback"]), form=st.sampled_from(FORMS),
        target_layout=st.data(), num_sms=st.integers(1, 200))
 def test_every_form_matches_the_oracle(problem, backend, form, target_layout, num_sms):
     x, table, offset, scale, base, seq_dim = problem
@@ -132,7 +132,7 @@ def test_every_form_matches_the_oracle(problem, backend, form, target_layout, nu
         if form == "out":
             ops.add_pe_out(x, table, offset, scale, seq_dim, out, base=base)
         else:  # the CUDA kernel's per-thread body over the grid a GPU with num_sms multiprocessors would get
-            torch.ops.pe_ext._cuda_grid_emulator(out, x, table, offset, scale, seq_dim, num_sms, base=base)
+            torch.ops.pe_ext._add_pe_grid_emulator(out, x, table, offset, scale, seq_dim, num_sms, base=base)
     assert out.shape == x.shape and out.dtype == x.dtype
     expected, (atol, rtol) = expected_and_tolerance(x_before, table, offset, scale, base, seq_dim)
     torch.testing.assert_close(out.double(), expected, atol=atol, rtol=rtol)
@@ -146,16 +146,15 @@ def test_every_form_matches_the_oracle(problem, backend, form, target_layout, nu
 @given(dtype=st.sampled_from(DTYPES), num_positions=st.integers(0, 40), d_model=st.integers(1, 70),
        offset=st.one_of(st.integers(0, 300), st.integers(0, 2**20)),
        base=st.one_of(st.just(10000.0), st.floats(1.0, 1e5, allow_nan=False)), layout=memory_layouts(2),
-       builder=st.sampled_from(["fill_table_", "reference", "grid"] if not FORCED_FALLBACK else ["fill_table_",
-                                                                                                  "reference"]),
+       builder=st.sampled_from(["fill_table_", "fallback", *GRID]),
        num_sms=st.integers(1, 200))
 def test_table_builders_match_the_oracle(dtype, num_positions, d_model, offset, base, layout, builder, num_sms):
     target_base, out, mask = target_like(torch.empty(num_positions, d_model, dtype=dtype), layout)
     out.fill_(float("nan"))
     if builder == "grid":
-        torch.ops.pe_ext._cuda_grid_emulator(out, None, None, offset, 1.0, 0, num_sms, base=base)
+        torch.ops.pe_ext._add_pe_grid_emulator(out, None, None, offset, 1.0, 0, num_sms, base=base)
     else:
-        ops_of("compiled" if builder == "fill_table_" else "reference").fill_table_(out, offset, base=base)
+        ops_of("extension" if builder == "fill_table_" else "fallback").fill_table_(out, offset, base=base)
     atol, rtol = tolerance(dtype, offset + num_positions)
     torch.testing.assert_close(out.double(), oracle_pe(torch.arange(offset, offset + num_positions), d_model, base),
                                atol=atol, rtol=rtol)

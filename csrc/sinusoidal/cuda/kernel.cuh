@@ -1,65 +1,30 @@
-// The CUDA kernel's work, as plain functions of the launch grid. The __global__ kernels in pe_cuda.cu are thin
-// wrappers around add_pe_thread, and testing/grid_emulator.cpp runs the very same function over the same grid on
-// the CPU, so CI exercises the grid mapping, vector widths, alignment fallbacks and tails without a GPU.
+// The CUDA kernel's work, as plain functions of the launch grid. The __global__ kernels in sinusoidal.cu are thin
+// wrappers around add_pe_thread, and the test-only grid emulator (sinusoidal/testing.cpp) runs the very same
+// function over the same grid on the CPU, so CI exercises the grid mapping, vector widths, alignment fallbacks and
+// tails without a GPU.
 #pragma once
 
-#include <cstdint>
-#include <cstring>
-#include <type_traits>
-
+#include <ATen/OpMathType.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <cstdint>
+
+#include "common/grid_emulator.h"
+#include "common/host_device.h"
+#include "common/philox.h"
+#include "common/vector_access.h"
 #include "sinusoidal/math.h"
 
-// Unroll hints for nvcc; the grid emulator's host compiler would warn about an unknown pragma.
-#if defined(__CUDACC__)
-#define PE_UNROLL _Pragma("unroll")
-#else
-#define PE_UNROLL
-#endif
-
-namespace pe_ext::cuda_kernel {
-
-// float32 math for float32/float16/bfloat16 data, float64 for float64.
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
-// The widest vector of scalar_t one 16-byte access moves.
-template <typename scalar_t>
-constexpr int kMaxVec = 16 / static_cast<int>(sizeof(scalar_t));
+namespace pe_ext::sinusoidal::cuda {
 
 PE_HOST_DEVICE int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
-template <typename T, int N>
-struct alignas(sizeof(T) * N) AlignedVector {
-  T v[N];
-};
-
-// N contiguous elements; one vector access when N > 1 (the host guarantees alignment for such launches).
-template <int N, typename T>
-PE_HOST_DEVICE void load_span(const T* src, T (&dst)[N]) {
-#if defined(__CUDA_ARCH__)
-  *reinterpret_cast<AlignedVector<T, N>*>(dst) = *reinterpret_cast<const AlignedVector<T, N>*>(src);
-#else
-  std::memcpy(dst, src, sizeof(T) * N);
-#endif
-}
-
-template <int N, typename T>
-PE_HOST_DEVICE void store_span(T* dst, const T (&src)[N]) {
-#if defined(__CUDA_ARCH__)
-  *reinterpret_cast<AlignedVector<T, N>*>(dst) = *reinterpret_cast<const AlignedVector<T, N>*>(src);
-#else
-  std::memcpy(dst, src, sizeof(T) * N);
-#endif
-}
 
 // One launch's data: out[b, l, :] = x[b, l, :] * scale + alpha * pe(position(b, l), :), all pointers at element
 // (0, 0, 0); position(b, l) = offset + (positions[b, l] if given, else l); pe(padding_idx, :) = 0.
 template <typename scalar_t, typename table_t>
 struct AddPeArgs {
-  using acc_t = acc_type<scalar_t>;
+  using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* x;         // [batch, seq_len, d_model]; nullptr when building a table (x taken as 0)
   scalar_t* out;             // [batch, seq_len, d_model]
   const table_t* table;      // [rows > every position, d_model]; nullptr when pe is computed on the fly
@@ -74,7 +39,7 @@ struct AddPeArgs {
   uint32_t dropout_threshold;  // dropout_threshold(p); 0: no dropout
   acc_t keep_scale;            // 1 / (1 - p)
   uint64_t seed;
-  PeSpec spec;  // d_model and the encoding
+  EncodingSpec spec;  // d_model and the encoding
 
   PE_HOST_DEVICE int64_t position(int64_t b, int64_t l) const {
     return offset + (positions == nullptr ? l : positions[b * positions_stride_b + l * positions_stride_l]);
@@ -89,11 +54,10 @@ struct AddPeArgs {
 struct LaunchConfig {
   int vec;                  // columns per chunk: 16-byte accesses when > 1, element by element when 1
   int64_t chunks;           // ceil(d_model / vec)
-  int threads_x;            // threads over chunks (blockDim.x); they stride when chunks > threads_x
-  int threads_y;            // positions per block row (blockDim.y)
-  int64_t blocks_x;         // gridDim.x: position groups
-  int64_t blocks_y;         // gridDim.y: batch groups
   int64_t batch_per_block;  // batch rows each block applies a computed pe row to
+  // threads_x threads cover the chunks (striding when chunks > threads_x), threads_y positions share a block;
+  // blocks_x position groups, blocks_y batch groups.
+  LaunchGrid grid;
 };
 
 constexpr int kThreadsPerBlock = 256;
@@ -104,14 +68,15 @@ inline LaunchConfig make_launch_config(int64_t batch, int64_t seq_len, int64_t d
   LaunchConfig c;
   c.vec = vec;
   c.chunks = (d_model + vec - 1) / vec;
-  c.threads_x = static_cast<int>(min64(c.chunks, kThreadsPerBlock));
-  c.threads_y = kThreadsPerBlock / c.threads_x;
+  LaunchGrid& g = c.grid;
+  g.threads_x = static_cast<int>(min64(c.chunks, kThreadsPerBlock));
+  g.threads_y = kThreadsPerBlock / g.threads_x;
   const int64_t target_blocks = static_cast<int64_t>(num_sms) * kBlocksPerSm;
-  c.blocks_x = min64((seq_len + c.threads_y - 1) / c.threads_y, target_blocks);
+  g.blocks_x = min64((seq_len + g.threads_y - 1) / g.threads_y, target_blocks);
   // Few positions: split the batch across blocks too, so small-L shapes (decoding) still fill the GPU.
-  const int64_t batch_groups = min64(min64(batch, (target_blocks + c.blocks_x - 1) / c.blocks_x), kMaxGridY);
+  const int64_t batch_groups = min64(min64(batch, (target_blocks + g.blocks_x - 1) / g.blocks_x), kMaxGridY);
   c.batch_per_block = (batch + batch_groups - 1) / batch_groups;
-  c.blocks_y = (batch + c.batch_per_block - 1) / c.batch_per_block;
+  g.blocks_y = (batch + c.batch_per_block - 1) / c.batch_per_block;
   return c;
 }
 
@@ -120,7 +85,7 @@ inline LaunchConfig make_launch_config(int64_t batch, int64_t seq_len, int64_t d
 // sin_cos each), concatenated spans lie inside the sin or the cos block (one frequency per column). Fixed bounds keep
 // every array of the thread in registers.
 template <int W, typename acc_t>
-PE_HOST_DEVICE void pe_values(const PeSpec& s, int64_t pos, Wave wave, const double (&freqs)[W], acc_t (&pe)[W]) {
+PE_HOST_DEVICE void pe_values(const EncodingSpec& s, int64_t pos, Wave wave, const double (&freqs)[W], acc_t (&pe)[W]) {
   if (W > 1 && s.layout == Layout::kInterleaved) {
     PE_UNROLL
     for (int m = 0; m < W / 2; ++m) pe_sin_cos<acc_t>(s, pos, freqs[m], &pe[2 * m], &pe[2 * m + 1]);
@@ -135,13 +100,13 @@ PE_HOST_DEVICE void pe_values(const PeSpec& s, int64_t pos, Wave wave, const dou
 }
 
 // alpha * pe at columns [col0, col0 + W) of position pos: read from the table or computed from freqs.
-// kExtras: the launch uses positions, padding_idx, alpha or dropout. Launches without them (the common case) get
-// kernels without that code, which need far fewer registers.
-template <int W, bool kExtras, typename scalar_t, typename table_t>
+// kGeneralCase: the launch uses positions, padding_idx, alpha or dropout. The plain case (positions offset + l, no
+// padding, alpha 1, no dropout: most calls) gets kernels without that code, which need far fewer registers.
+template <int W, bool kGeneralCase, typename scalar_t, typename table_t>
 PE_HOST_DEVICE void span_pe(const AddPeArgs<scalar_t, table_t>& a, int64_t pos, int64_t col0, Wave wave,
-                            const double (&freqs)[W], acc_type<scalar_t> (&pe)[W]) {
-  using acc_t = acc_type<scalar_t>;
-  if constexpr (kExtras) {
+                            const double (&freqs)[W], at::opmath_type<scalar_t> (&pe)[W]) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if constexpr (kGeneralCase) {
     if (pos == a.padding_idx || (a.alpha != nullptr && *a.alpha == acc_t(0))) {  // alpha 0: backward's mask pass
       PE_UNROLL
       for (int k = 0; k < W; ++k) pe[k] = acc_t(0);
@@ -156,7 +121,7 @@ PE_HOST_DEVICE void span_pe(const AddPeArgs<scalar_t, table_t>& a, int64_t pos, 
     PE_UNROLL
     for (int k = 0; k < W; ++k) pe[k] = static_cast<acc_t>(loaded[k]);
   }
-  if (kExtras && a.alpha != nullptr) {
+  if (kGeneralCase && a.alpha != nullptr) {
     const acc_t alpha = *a.alpha;
     PE_UNROLL
     for (int k = 0; k < W; ++k) pe[k] *= alpha;
@@ -166,8 +131,8 @@ PE_HOST_DEVICE void span_pe(const AddPeArgs<scalar_t, table_t>& a, int64_t pos, 
 // Dropout of W consecutive elements, the first with logical index `first`: one Philox call per 4 indices.
 template <int W, typename scalar_t, typename table_t>
 PE_HOST_DEVICE void apply_dropout(const AddPeArgs<scalar_t, table_t>& a, int64_t first,
-                                  acc_type<scalar_t> (&values)[W]) {
-  using acc_t = acc_type<scalar_t>;
+                                  at::opmath_type<scalar_t> (&values)[W]) {
+  using acc_t = at::opmath_type<scalar_t>;
   PhiloxWords words = philox4x32_10(static_cast<uint64_t>(first) / 4, a.seed);
   PE_UNROLL
   for (int k = 0; k < W; ++k) {
@@ -179,10 +144,10 @@ PE_HOST_DEVICE void apply_dropout(const AddPeArgs<scalar_t, table_t>& a, int64_t
 
 // The columns [col0, col0 + W) of every position this thread visits, for batch rows [batch_begin, batch_end).
 // W > 1 moves 16 bytes per access (the host checked alignment and unit column strides); W == 1 goes element-wise.
-template <int W, bool kExtras, typename scalar_t, typename table_t>
+template <int W, bool kGeneralCase, typename scalar_t, typename table_t>
 PE_HOST_DEVICE void add_pe_span(const AddPeArgs<scalar_t, table_t>& a, int64_t col0, int64_t first_l, int64_t l_step,
                                 int64_t batch_begin, int64_t batch_end) {
-  using acc_t = acc_type<scalar_t>;
+  using acc_t = at::opmath_type<scalar_t>;
   int64_t first_freq;
   const Wave wave = column_wave(a.spec, col0, &first_freq);
   double freqs[W];
@@ -191,12 +156,12 @@ PE_HOST_DEVICE void add_pe_span(const AddPeArgs<scalar_t, table_t>& a, int64_t c
     PE_UNROLL
     for (int m = 0; m < W; ++m) freqs[m] = m < count ? frequency(a.spec, first_freq + m) : 0.0;
   }
-  const bool per_row = kExtras && a.positions_per_row();
+  const bool per_row = kGeneralCase && a.positions_per_row();
   for (int64_t l = first_l; l < a.seq_len; l += l_step) {
     acc_t pe[W];
-    if (!per_row) span_pe<W, kExtras>(a, kExtras ? a.position(batch_begin, l) : a.offset + l, col0, wave, freqs, pe);
+    if (!per_row) span_pe<W, kGeneralCase>(a, kGeneralCase ? a.position(batch_begin, l) : a.offset + l, col0, wave, freqs, pe);
     for (int64_t b = batch_begin; b < batch_end; ++b) {
-      if (per_row) span_pe<W, kExtras>(a, a.position(b, l), col0, wave, freqs, pe);
+      if (per_row) span_pe<W, kGeneralCase>(a, a.position(b, l), col0, wave, freqs, pe);
       acc_t sums[W];
       if (a.x != nullptr) {
         scalar_t loaded[W];
@@ -207,7 +172,7 @@ PE_HOST_DEVICE void add_pe_span(const AddPeArgs<scalar_t, table_t>& a, int64_t c
         PE_UNROLL
         for (int k = 0; k < W; ++k) sums[k] = pe[k];
       }
-      if (kExtras && a.dropout_threshold > 0) apply_dropout<W>(a, (b * a.seq_len + l) * a.spec.d_model + col0, sums);
+      if (kGeneralCase && a.dropout_threshold > 0) apply_dropout<W>(a, (b * a.seq_len + l) * a.spec.d_model + col0, sums);
       scalar_t values[W];
       PE_UNROLL
       for (int k = 0; k < W; ++k) values[k] = static_cast<scalar_t>(sums[k]);
@@ -217,23 +182,23 @@ PE_HOST_DEVICE void add_pe_span(const AddPeArgs<scalar_t, table_t>& a, int64_t c
 }
 
 // Everything thread (thread_x, thread_y) of block (block_x, block_y) does. VEC is the config's vec.
-template <int VEC, bool kExtras, typename scalar_t, typename table_t>
+template <int VEC, bool kGeneralCase, typename scalar_t, typename table_t>
 PE_HOST_DEVICE void add_pe_thread(const AddPeArgs<scalar_t, table_t>& a, const LaunchConfig& cfg, int64_t block_x,
                                   int64_t block_y, int thread_x, int thread_y) {
   const int64_t batch_begin = block_y * cfg.batch_per_block;
   const int64_t batch_end = min64(a.batch, batch_begin + cfg.batch_per_block);
-  const int64_t first_l = block_x * cfg.threads_y + thread_y;
-  const int64_t l_step = cfg.blocks_x * cfg.threads_y;
-  for (int64_t chunk = thread_x; chunk < cfg.chunks; chunk += cfg.threads_x) {
+  const int64_t first_l = block_x * cfg.grid.threads_y + thread_y;
+  const int64_t l_step = cfg.grid.blocks_x * cfg.grid.threads_y;
+  for (int64_t chunk = thread_x; chunk < cfg.chunks; chunk += cfg.grid.threads_x) {
     const int64_t col0 = chunk * VEC;
     if (col0 + VEC <= a.spec.d_model) {
-      add_pe_span<VEC, kExtras>(a, col0, first_l, l_step, batch_begin, batch_end);
+      add_pe_span<VEC, kGeneralCase>(a, col0, first_l, l_step, batch_begin, batch_end);
     } else {  // the row's tail, narrower than a vector: element by element
       for (int64_t col = col0; col < a.spec.d_model; ++col) {
-        add_pe_span<1, kExtras>(a, col, first_l, l_step, batch_begin, batch_end);
+        add_pe_span<1, kGeneralCase>(a, col, first_l, l_step, batch_begin, batch_end);
       }
     }
   }
 }
 
-}  // namespace pe_ext::cuda_kernel
+}  // namespace pe_ext::sinusoidal::cuda

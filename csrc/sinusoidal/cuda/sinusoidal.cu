@@ -1,21 +1,22 @@
-// CUDA kernels: thin __global__ wrappers around pe_kernel.cuh, launched on the current stream of x's device.
+// CUDA kernels: thin __global__ wrappers around kernel.cuh's per-thread body, launched on the current stream of x's
+// device.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 #include <torch/library.h>
 
-#include "sinusoidal/ops.h"
 #include "sinusoidal/cuda/kernel.cuh"
 #include "sinusoidal/cuda/launch.h"
+#include "sinusoidal/ops.h"
 
-namespace pe_ext::cuda_kernel {
+namespace pe_ext::sinusoidal::cuda {
 namespace {
 
-template <int VEC, bool kExtras, typename scalar_t, typename table_t>
+template <int VEC, bool kGeneralCase, typename scalar_t, typename table_t>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     add_pe_kernel(const AddPeArgs<scalar_t, table_t> args, const LaunchConfig config) {
-  add_pe_thread<VEC, kExtras>(args, config, blockIdx.x, blockIdx.y, threadIdx.x, threadIdx.y);
+  add_pe_thread<VEC, kGeneralCase>(args, config, blockIdx.x, blockIdx.y, threadIdx.x, threadIdx.y);
 }
 
 int multiprocessor_count(int device) {
@@ -24,28 +25,24 @@ int multiprocessor_count(int device) {
   return count;
 }
 
-void add_pe_cuda(const AddPeProblem& p) {
+void add_pe_cuda(const SinusoidalProblem& p) {
   if (p.out.numel() == 0) return;
   const c10::cuda::CUDAGuard device_guard(p.out.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  dispatch_add_pe(p, multiprocessor_count(p.out.get_device()), [&](auto vec_tag, auto extras_tag, const auto& args,
-                                                                    const LaunchConfig& config) {
-    constexpr int kVec = decltype(vec_tag)::value;
-    constexpr bool kExtras = decltype(extras_tag)::value;
-    const dim3 grid(static_cast<unsigned>(config.blocks_x), static_cast<unsigned>(config.blocks_y));
-    const dim3 block(config.threads_x, config.threads_y);
-    add_pe_kernel<kVec, kExtras><<<grid, block, 0, stream>>>(args, config);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  dispatch_add_pe(p, multiprocessor_count(p.out.get_device()),
+                  [&](auto vec, auto general_case, const auto& args, const LaunchConfig& config) {
+                    const dim3 grid(static_cast<unsigned>(config.grid.blocks_x),
+                                    static_cast<unsigned>(config.grid.blocks_y));
+                    const dim3 block(config.grid.threads_x, config.grid.threads_y);
+                    add_pe_kernel<decltype(vec)::value, decltype(general_case)::value>
+                        <<<grid, block, 0, stream>>>(args, config);
+                    C10_CUDA_KERNEL_LAUNCH_CHECK();
+                  });
 }
 
 }  // namespace
-}  // namespace pe_ext::cuda_kernel
+}  // namespace pe_ext::sinusoidal::cuda
 
 TORCH_LIBRARY_IMPL(pe_ext, CUDA, m) {
-  using pe_ext::cuda_kernel::add_pe_cuda;
-  m.impl("add_pe", &pe_ext::add_pe_op<add_pe_cuda>);
-  m.impl("add_pe_", &pe_ext::add_pe_inplace_op<add_pe_cuda>);
-  m.impl("add_pe_out", &pe_ext::add_pe_out_op<add_pe_cuda>);
-  m.impl("fill_table_", &pe_ext::fill_table_op<add_pe_cuda>);
+  pe_ext::sinusoidal::register_kernels<pe_ext::sinusoidal::cuda::add_pe_cuda>(m);
 }

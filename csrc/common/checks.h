@@ -1,0 +1,33 @@
+// Argument checks every op family shares. Each throws the exception type Python users expect (ValueError via
+// TORCH_CHECK_VALUE, TypeError via TORCH_CHECK_TYPE) with a message that names the argument, the value and a remedy.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <cstdint>
+
+namespace pe_ext {
+
+// float32, float64, float16 or bfloat16: the dtypes every kernel computes.
+bool is_supported_dtype(at::ScalarType t);
+void check_supported_dtype(const at::Tensor& t, const char* name);
+
+// Whether t's elements provably lie at distinct addresses, so that it can be written.
+bool has_distinct_elements(const at::Tensor& t);
+void check_distinct_elements(const at::Tensor& t, const char* name);
+
+// Refuses a write target whose memory overlaps a tensor the op still reads.
+void check_no_shared_memory(const at::Tensor& written, const char* name, const at::Tensor& read,
+                            const char* read_name);
+
+// The writing forms (in place, out=, table fills) have no autograd formula: they refuse tensors that autograd
+// tracks while grad mode is on, as torch's out= ops do. `op` names the form, `alternative` the differentiable one.
+void check_untracked(const c10::optional<at::Tensor>& t, const char* name, const char* op, const char* alternative);
+
+// offset >= 0 and offset + count fits in int64.
+void check_offset(int64_t offset, int64_t count);
+
+void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name);
+
+}  // namespace pe_ext

@@ -1,0 +1,104 @@
+// Pieces of the CPU kernels' row loops that every op family can use: elements handled as their storage bits with
+// branch-free conversions to the type they compute in (so that the compiler vectorizes the loops that use them),
+// per-ISA clones of those loops, and non-temporal stores.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+// Builds a row function for AVX-512, AVX2 and baseline x86-64, chosen at load time. The sanitized build keeps the
+// baseline only, so that the code path it tests is the portable one.
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(PE_EXT_SANITIZE)
+#define PE_ROW_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=haswell", "default")))
+#else
+#define PE_ROW_CLONES
+#endif
+
+namespace pe_ext::cpu {
+
+inline float bf16_to_float(uint16_t bits) {
+  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+  float value;
+  std::memcpy(&value, &wide, sizeof(value));
+  return value;
+}
+
+inline uint16_t float_to_bf16(float value) {  // round to nearest even, NaN stays NaN
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  return value != value ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
+}
+
+// An element of scalar_t as its storage bits, and its conversions to and from at::opmath_type<scalar_t>.
+template <typename scalar_t>
+struct Element {  // float, double: stored as computed
+  using storage = scalar_t;
+  using acc = at::opmath_type<scalar_t>;
+  static acc load(storage v) { return v; }
+  static storage store(acc v) { return v; }
+};
+
+template <>
+struct Element<c10::BFloat16> {
+  using storage = uint16_t;
+  using acc = at::opmath_type<c10::BFloat16>;
+  static acc load(storage v) { return bf16_to_float(v); }
+  static storage store(acc v) { return float_to_bf16(v); }
+};
+
+template <>
+struct Element<c10::Half> {  // c10's portable IEEE conversions (GCC 12 does not vectorize F16C ones here)
+  using storage = uint16_t;
+  using acc = at::opmath_type<c10::Half>;
+  static acc load(storage v) { return c10::detail::fp16_ieee_to_fp32_value(v); }
+  static storage store(acc v) { return c10::detail::fp16_ieee_from_fp32_value(v); }
+};
+
+template <typename scalar_t>
+using storage_t = typename Element<scalar_t>::storage;
+
+template <typename scalar_t>
+storage_t<scalar_t>* bits_of(scalar_t* p) {
+  return reinterpret_cast<storage_t<scalar_t>*>(p);
+}
+template <typename scalar_t>
+const storage_t<scalar_t>* bits_of(const scalar_t* p) {
+  return reinterpret_cast<const storage_t<scalar_t>*>(p);
+}
+
+// --- Non-temporal stores. An output larger than the cache is evicted before anyone reads it again; writing it with
+// streaming stores skips reading each destination line into the cache first, which ordinary stores do: for a
+// read-one-write-one op that is a third of the memory traffic. Callers compute into scratch in L1, then stream it.
+#if defined(__x86_64__) || defined(_M_X64)
+constexpr bool kCanStream = true;
+
+inline void stream_store(void* dst, const void* src, int64_t bytes) {
+  auto* d = static_cast<char*>(dst);
+  const auto* s = static_cast<const char*>(src);
+  const int64_t head = std::min<int64_t>(bytes, (16 - reinterpret_cast<uintptr_t>(d) % 16) % 16);
+  std::memcpy(d, s, head);
+  for (int64_t i = head; i + 16 <= bytes; i += 16) {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
+  }
+  const int64_t tail = head + (bytes - head) / 16 * 16;
+  std::memcpy(d + tail, s + tail, bytes - tail);
+}
+
+inline void stream_fence() { _mm_sfence(); }  // streaming stores are weakly ordered: publish them before a task ends
+#else
+constexpr bool kCanStream = false;
+inline void stream_store(void* dst, const void* src, int64_t bytes) { std::memcpy(dst, src, bytes); }
+inline void stream_fence() {}
+#endif
+
+}  // namespace pe_ext::cpu

@@ -1,0 +1,74 @@
+"""Argument checks every op family shares: the Python twins of csrc/common/checks.cpp, with the same exception
+types and messages, so that the fallback refuses exactly what the compiled ops refuse."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+INT64_MAX = 2**63 - 1
+
+
+def check_supported_dtype(t: Tensor, name: str) -> None:
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"pe_ext: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
+
+
+def has_distinct_elements(t: Tensor) -> bool:
+    """Whether t's elements provably lie at distinct addresses: with its dimensions of size > 1 sorted by stride,
+    each stride steps past everything the smaller ones reach."""
+    if t.numel() == 0:
+        return True
+    reach = 0  # the largest element offset the smaller dimensions reach
+    for stride, size in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n > 1):
+        if stride <= reach:
+            return False
+        reach += (size - 1) * stride
+    return True
+
+
+def check_distinct_elements(t: Tensor, name: str) -> None:
+    if not has_distinct_elements(t):
+        raise ValueError(
+            f"pe_ext: {name} has elements that share memory (an expanded or overlapping view); it cannot be "
+            f"written to. Pass a tensor with distinct elements, e.g. {name}.contiguous()"
+        )
+
+
+def _share_memory(a: Tensor, b: Tensor) -> bool:
+    """Whether the address ranges a and b span in one storage intersect (conservative)."""
+    if a.numel() == 0 or b.numel() == 0 or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+
+    def span(t):
+        start = t.data_ptr()
+        return start, start + (sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1) * t.element_size()
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
+
+
+def check_no_shared_memory(written: Tensor, name: str, read: Tensor, read_name: str) -> None:
+    if _share_memory(written, read):
+        raise ValueError(f"pe_ext: {name}'s memory overlaps {read_name}'s, which the op still reads while writing "
+                         f"{name}; pass a separate tensor (e.g. {read_name}.clone())")
+
+
+def check_untracked(t: Tensor | None, name: str, op: str, alternative: str) -> None:
+    """The writing forms have no autograd formula: refuse tensors autograd tracks, as torch's out= ops do."""
+    if t is not None and torch.is_grad_enabled() and t.requires_grad:
+        raise RuntimeError(f"pe_ext: {name} requires grad, but {op} has no autograd formula; use the out-of-place "
+                           f"{alternative}, or run under torch.no_grad()")
+
+
+def check_offset(offset: int, count: int) -> None:
+    if offset < 0:
+        raise ValueError(f"pe_ext: offset must be >= 0, got {offset}")
+    if offset > 0 and offset > INT64_MAX - count:  # offset 0 first: no guard on a symbolic count when tracing
+        raise ValueError(f"pe_ext: offset ({offset}) + seq_len ({count}) overflows int64")
+
+
+def check_same_device(t: Tensor, name: str, like: Tensor, like_name: str) -> None:
+    if t.device != like.device:
+        raise ValueError(f"pe_ext: {name} is on {t.device} but {like_name} is on {like.device}")

@@ -1,0 +1,166 @@
+"""The sinusoidal ops' argument checks: the Python twins of csrc/sinusoidal/ops.cpp's prepare_add_pe and
+prepare_fill_table, in the same order and with the same messages. The fallback runs them before computing, and the
+fake kernels (torch.compile, meta tensors) run those that need no data."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .._checks import (
+    INT64_MAX,
+    SUPPORTED_DTYPES,
+    check_distinct_elements,
+    check_no_shared_memory,
+    check_offset,
+    check_same_device,
+    check_supported_dtype,
+    check_untracked,
+)
+from . import reference
+
+# Where a call writes its result, as csrc/sinusoidal/ops.h's Write: a fresh tensor (add_pe), x itself (add_pe_), or
+# a caller's tensor (add_pe_out).
+NEW, IN_PLACE, OUT = "new", "in_place", "out"
+
+
+def _checked_seq_dim(x: Tensor, seq_dim: int, scale: float) -> int:
+    if x.dim() not in (2, 3):
+        raise ValueError(
+            "pe_ext: x must be 2-D (seq_len, d_model) or 3-D (batch, seq_len, d_model) or (seq_len, batch, d_model), "
+            f"got a {x.dim()}-D tensor of shape {list(x.shape)}"
+        )
+    check_supported_dtype(x, "x")
+    if not (-x.dim() <= seq_dim < x.dim() - 1 and seq_dim != -1):
+        raise ValueError(
+            f"pe_ext: seq_dim must index a dimension of x other than the last (d_model); got {seq_dim} "
+            f"for a {x.dim()}-D x"
+        )
+    if not math.isfinite(scale):
+        raise ValueError(f"pe_ext: scale must be finite, got {scale}")
+    return seq_dim % x.dim()
+
+
+def _check_encoding(d_model: int, options: dict) -> None:
+    reference.frequency_params(d_model, *(options[k] for k in ("base", "layout", "frequencies", "min_timescale",
+                                                               "max_timescale")))
+
+
+def _check_out(out: Tensor, x: Tensor) -> None:
+    if out.shape != x.shape:
+        raise ValueError(f"pe_ext: out must have x's shape {list(x.shape)}, got {list(out.shape)}")
+    if out.dtype != x.dtype:
+        raise TypeError(f"pe_ext: out must have x's dtype ({x.dtype}), got {out.dtype}")
+    check_same_device(out, "out", x, "x")
+
+
+def _check_padding_and_dropout(options: dict) -> None:
+    if options["padding_idx"] < -1:
+        raise ValueError(f"pe_ext: padding_idx must be >= 0, or -1 for none; got {options['padding_idx']}")
+    if not 0 <= options["dropout"] < 1:
+        raise ValueError(f"pe_ext: dropout must be in [0, 1), got {options['dropout']}")
+
+
+def _check_alpha(alpha: Tensor | None, like: Tensor) -> None:
+    if alpha is None:
+        return
+    if alpha.numel() != 1:
+        raise ValueError(f"pe_ext: alpha must hold one value (a 0-dim tensor), got shape {list(alpha.shape)}")
+    if alpha.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"pe_ext: alpha must be a floating tensor, got {alpha.dtype}")
+    check_same_device(alpha, "alpha", like, "x")
+
+
+def _checked_positions(options: dict, like: Tensor, leading, seq_len: int, offset: int, has_storage: bool):
+    """(offset + positions, one past the largest position), or (None, offset + seq_len) without positions (or
+    without storage to read them from)."""
+    check_offset(offset, seq_len)
+    positions = options["positions"]
+    if positions is None:
+        return None, offset + seq_len
+    if positions.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"pe_ext: positions must be an int64 or int32 tensor, got {positions.dtype}")
+    check_same_device(positions, "positions", like, "x")
+    if not (positions.shape == leading or (positions.dim() == 1 and positions.shape[0] == seq_len)):
+        raise ValueError(f"pe_ext: positions must have shape {list(leading)} (one per element of x but d_model) or "
+                         f"({seq_len},) (shared by the batch), got {list(positions.shape)}")
+    if not has_storage:
+        return None, offset + seq_len
+    if positions.numel() == 0:
+        return positions.long() + offset, offset
+    low, high = int(positions.min()), int(positions.max())
+    if low < 0:
+        raise ValueError(f"pe_ext: positions must be >= 0, got {low}")
+    if high >= INT64_MAX - offset:
+        raise ValueError(f"pe_ext: offset ({offset}) + positions (up to {high}) overflows int64")
+    return positions.long() + offset, offset + high + 1
+
+
+def _check_table(table: Tensor, x: Tensor, d_model: int, last_position: int) -> None:
+    if not (table.dim() == 2 or (table.dim() == 3 and table.shape[0] == 1)):
+        raise ValueError(f"pe_ext: table must have shape (rows, d_model) or (1, rows, d_model), got {list(table.shape)}")
+    rows = table[0] if table.dim() == 3 else table
+    if rows.shape[1] != d_model:
+        raise ValueError(
+            f"pe_ext: table's last dimension ({rows.shape[1]}) must equal x's last dimension d_model ({d_model})"
+        )
+    if table.device != x.device:
+        raise ValueError(
+            f"pe_ext: table is on {table.device} but x is on {x.device}; move them to the same device "
+            "(module.to(x.device))"
+        )
+    if table.dtype not in (x.dtype, torch.float32):
+        raise TypeError(f"pe_ext: table must be float32 or x's dtype ({x.dtype}), got {table.dtype}")
+    if last_position > rows.shape[0]:
+        raise ValueError(
+            f"pe_ext: positions up to {last_position - 1} need {last_position} table rows, but the table "
+            f"has {rows.shape[0]} (max_len); raise max_len or compute on the fly (no table)"
+        )
+
+
+def check_add_pe(x: Tensor, table: Tensor | None, offset: int, scale: float, seq_dim: int, options: dict,
+                 out: Tensor | None, write: str, has_storage: bool = True):
+    """add_pe's checks, in csrc/sinusoidal/ops.cpp's order. has_storage=False (fake tensors, which hold no data)
+    leaves out those that read addresses or values. Returns (seq_dim, offset + positions or None, one past the
+    largest position)."""
+    dim = _checked_seq_dim(x, seq_dim, scale)
+    _check_encoding(x.shape[-1], options)
+    if write == OUT:
+        _check_out(out, x)
+    if write != NEW:
+        op = "add_pe_ (in place)" if write == IN_PLACE else "add_pe_out (out=)"
+        for name, t in (("x", x), ("table", table), ("alpha", options["alpha"])) + ((("out", out),) if write == OUT
+                                                                                     else ()):
+            check_untracked(t, name, op, "add_sinusoidal_pe")
+    written, written_name = (x, "x") if write == IN_PLACE else (out, "out")
+    if written is not None and has_storage:
+        check_distinct_elements(written, written_name)
+        if write == OUT:
+            check_no_shared_memory(out, "out", x, "x")
+    _check_padding_and_dropout(options)
+    _check_alpha(options["alpha"], x)
+    ids, last_position = _checked_positions(options, x, x.shape[:-1], x.shape[dim], offset, has_storage)
+    if table is not None:
+        _check_table(table, x, x.shape[-1], last_position)
+        if written is not None and has_storage:
+            check_no_shared_memory(written, written_name, table, "table")
+    return dim, ids, last_position
+
+
+def check_fill_table(out: Tensor, offset: int, options: dict, has_storage: bool = True):
+    """fill_table_'s checks, in csrc/sinusoidal/ops.cpp's order (has_storage: as in check_add_pe). Returns
+    offset + positions, or None."""
+    if out.dim() != 2:
+        raise ValueError(f"pe_ext: out must be 2-D (num_positions, d_model), got shape {list(out.shape)}")
+    check_supported_dtype(out, "out")
+    _check_encoding(out.shape[1], options)
+    check_untracked(out, "out", "fill_table_", "add_sinusoidal_pe")
+    check_untracked(options["alpha"], "alpha", "fill_table_", "add_sinusoidal_pe")
+    if has_storage:
+        check_distinct_elements(out, "out")
+    _check_padding_and_dropout(options)
+    _check_alpha(options["alpha"], out)
+    ids, _ = _checked_positions(options, out, out.shape[:-1], out.shape[0], offset, has_storage)
+    return ids
