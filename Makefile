@@ -39,8 +39,9 @@ test: build
 sanitize: setup
 	PYTHON=$(PY) .ci/sanitize.sh
 
+# Every op family's benchmark (bench/bench_<op>.py), each into bench/results/<op>/<device>/.
 bench: build
-	$(PY) bench/bench_sinusoidal.py $(BENCH_ARGS)
+	for script in bench/bench_*.py; do $(PY) $$script $(BENCH_ARGS) || exit 1; done
 
 clean:
 	rm -rf build pe_ext/_C*.so pe_ext/.build-stamp *.egg-info

@@ -12,9 +12,8 @@ Environment switches:
 import os
 from pathlib import Path
 
-from setuptools import setup
-
 import torch
+from setuptools import setup
 from torch.utils import cpp_extension
 
 ROOT = Path(__file__).parent.resolve()

@@ -35,8 +35,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to OUTDIR/N
 # Time limits add up to 8 minutes. The benchmark writes what it measured when its limit stops it.
 step build 150 $PY setup.py build_ext --inplace
 step tests 120 $PY -m pytest -q -p no:cacheprovider tests
-step bench 120 $PY bench/bench_sinusoidal.py --device cuda --seconds 0.15 --out "$out/bench"
+step bench 120 $PY bench/bench_sinusoidal.py --device cuda --seconds 0.15 --results "$out/bench"
 step sanitizer 90 compute-sanitizer --tool memcheck --error-exitcode 1 \
-  $PY -m pytest -q -p no:cacheprovider tests/sinusoidal/test_cuda.py
+  $PY -m pytest -q -p no:cacheprovider -m cuda tests
 tail -n 3 "$out/tests.log" "$out/sanitizer.log" >>"$summary" 2>&1
 exit $status

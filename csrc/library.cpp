@@ -6,24 +6,28 @@
 
 #include "sinusoidal/ops.h"
 
-TORCH_LIBRARY(pe_ext, m) {
-  pe_ext::sinusoidal::define(m);
-}
+TORCH_LIBRARY(pe_ext, m) { pe_ext::sinusoidal::define(m); }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "pe_ext compiled ops; loading this module registers torch.ops.pe_ext.*";
-  m.def("built_with_cuda", [] {
+  m.def(
+      "built_with_cuda",
+      [] {
 #ifdef PE_EXT_WITH_CUDA
-    return true;
+        return true;
 #else
-    return false;
+        return false;
 #endif
-  }, "Whether the CUDA kernels were compiled into this build");
-  m.def("built_with_testing_ops", [] {
+      },
+      "Whether the CUDA kernels were compiled into this build");
+  m.def(
+      "built_with_testing_ops",
+      [] {
 #ifdef PE_EXT_TESTING
-    return true;
+        return true;
 #else
-    return false;
+        return false;
 #endif
-  }, "Whether the test-only ops (the CUDA grid emulators, PE_EXT_TESTING=1) were compiled into this build");
+      },
+      "Whether the test-only ops (the CUDA grid emulators, PE_EXT_TESTING=1) were compiled into this build");
 }

@@ -17,7 +17,7 @@ from torch import nn
 from transformers import MarianConfig, MarianMTModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import pe_ext  # noqa: E402
+import pe_ext
 
 
 class PeExtMarianPositions(nn.Module):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import pe_ext  # noqa: E402
+import pe_ext
 
 
 class TutorialPositionalEncoding(nn.Module):

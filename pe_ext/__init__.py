@@ -2,7 +2,8 @@
 
 from . import sinusoidal
 from ._backend import backend, has_extension
-from .sinusoidal import *  # noqa: F403
+from .sinusoidal import *
 
-__all__ = ["backend", "has_extension", *sinusoidal.__all__]
+__all__ = ["backend", "has_extension"]
+__all__ += sinusoidal.__all__
 __version__ = "0.1.0"

@@ -66,25 +66,25 @@ bool share_memory(const at::Tensor& a, const at::Tensor& b) {
 void check_no_shared_memory(const at::Tensor& written, const char* name, const at::Tensor& read,
                             const char* read_name) {
   TORCH_CHECK_VALUE(!share_memory(written, read), "pe_ext: ", name, "'s memory overlaps ", read_name,
-                    "'s, which the op still reads while writing ", name, "; pass a separate tensor (e.g. ",
-                    read_name, ".clone())");
+                    "'s, which the op still reads while writing ", name, "; pass a separate tensor (e.g. ", read_name,
+                    ".clone())");
 }
 
 void check_untracked(const c10::optional<at::Tensor>& t, const char* name, const char* op, const char* alternative) {
-  TORCH_CHECK(!(t.has_value() && t->defined() && at::GradMode::is_enabled() && t->requires_grad()), "pe_ext: ",
-              name, " requires grad, but ", op, " has no autograd formula; use the out-of-place ", alternative,
+  TORCH_CHECK(!(t.has_value() && t->defined() && at::GradMode::is_enabled() && t->requires_grad()), "pe_ext: ", name,
+              " requires grad, but ", op, " has no autograd formula; use the out-of-place ", alternative,
               ", or run under torch.no_grad()");
 }
 
 void check_offset(int64_t offset, int64_t count) {
   TORCH_CHECK_VALUE(offset >= 0, "pe_ext: offset must be >= 0, got ", offset);
-  TORCH_CHECK_VALUE(offset <= std::numeric_limits<int64_t>::max() - count, "pe_ext: offset (", offset,
-                    ") + seq_len (", count, ") overflows int64");
+  TORCH_CHECK_VALUE(offset <= std::numeric_limits<int64_t>::max() - count, "pe_ext: offset (", offset, ") + seq_len (",
+                    count, ") overflows int64");
 }
 
 void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name) {
-  TORCH_CHECK_VALUE(t.device() == like.device(), "pe_ext: ", name, " is on ", t.device(), " but ", like_name,
-                    " is on ", like.device());
+  TORCH_CHECK_VALUE(t.device() == like.device(), "pe_ext: ", name, " is on ", t.device(), " but ", like_name, " is on ",
+                    like.device());
 }
 
 }  // namespace pe_ext

@@ -18,8 +18,7 @@ bool has_distinct_elements(const at::Tensor& t);
 void check_distinct_elements(const at::Tensor& t, const char* name);
 
 // Refuses a write target whose memory overlaps a tensor the op still reads.
-void check_no_shared_memory(const at::Tensor& written, const char* name, const at::Tensor& read,
-                            const char* read_name);
+void check_no_shared_memory(const at::Tensor& written, const char* name, const at::Tensor& read, const char* read_name);
 
 // The writing forms (in place, out=, table fills) have no autograd formula: they refuse tensors that autograd
 // tracks while grad mode is on, as torch's out= ops do. `op` names the form, `alternative` the differentiable one.

@@ -18,7 +18,7 @@ namespace pe_ext::cpu {
 struct PolynomialSinCos {
   C10_ALWAYS_INLINE void operator()(float angle, float* s, float* c) const {  // inlined, or no loop vectorizes
     constexpr double kTwoOverPi = 0.63661977236758134;
-    constexpr double kHalfPi = 1.5707963267948966;        // pi/2 rounded to double
+    constexpr double kHalfPi = 1.5707963267948966;         // pi/2 rounded to double
     constexpr double kHalfPiTail = 6.123233995736766e-17;  // pi/2 - kHalfPi
     constexpr double kRoundingShift = 0x1.8p52;
     const double a = angle;
@@ -30,11 +30,10 @@ struct PolynomialSinCos {
     const double r = std::fma(-k, kHalfPiTail, std::fma(-k, kHalfPi, a));
     const double r2 = r * r;
     const double sin_r =
-        r + r * r2 *
-                (-1.0 / 6 + r2 * (1.0 / 120 + r2 * (-1.0 / 5040 + r2 * (1.0 / 362880 + r2 * (-1.0 / 39916800)))));
+        r + r * r2 * (-1.0 / 6 + r2 * (1.0 / 120 + r2 * (-1.0 / 5040 + r2 * (1.0 / 362880 + r2 * (-1.0 / 39916800)))));
     const double cos_r =
-        1.0 + r2 * (-0.5 + r2 * (1.0 / 24 + r2 * (-1.0 / 720 + r2 * (1.0 / 40320 +
-                                                                       r2 * (-1.0 / 3628800 + r2 / 479001600)))));
+        1.0 +
+        r2 * (-0.5 + r2 * (1.0 / 24 + r2 * (-1.0 / 720 + r2 * (1.0 / 40320 + r2 * (-1.0 / 3628800 + r2 / 479001600)))));
     const double sin_a = quadrant & 1 ? cos_r : sin_r, cos_a = quadrant & 1 ? sin_r : cos_r;
     // Signs as factors: a selected negation is not if-converted, and the loop would not vectorize.
     const double sin_sign = quadrant & 2 ? -1.0 : 1.0, cos_sign = (quadrant + 1) & 2 ? -1.0 : 1.0;

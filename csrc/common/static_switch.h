@@ -4,13 +4,13 @@
 //   PE_BOOL_SWITCH(p.dropout > 0, kDropout, [&] { launch<kDropout>(args); });
 #pragma once
 
-#define PE_BOOL_SWITCH(COND, CONST_NAME, ...)      \
-  [&] {                                            \
-    if (COND) {                                    \
-      constexpr static bool CONST_NAME = true;     \
-      return __VA_ARGS__();                        \
-    } else {                                       \
-      constexpr static bool CONST_NAME = false;    \
-      return __VA_ARGS__();                        \
-    }                                              \
+#define PE_BOOL_SWITCH(COND, CONST_NAME, ...)   \
+  [&] {                                         \
+    if (COND) {                                 \
+      constexpr static bool CONST_NAME = true;  \
+      return __VA_ARGS__();                     \
+    } else {                                    \
+      constexpr static bool CONST_NAME = false; \
+      return __VA_ARGS__();                     \
+    }                                           \
   }()

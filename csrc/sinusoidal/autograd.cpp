@@ -111,8 +111,11 @@ at::Tensor table_gradient(const at::Tensor& grad, const AddPeArguments& args, co
 
 // sum(grad * pe), pe at every element from the forward op on zeros with alpha and dropout left out.
 at::Tensor alpha_gradient(const at::Tensor& grad, const AddPeArguments& args, const at::Tensor& alpha) {
-  const at::Tensor pe = args.with({{"x", at::zeros_like(grad)}, {"scale", 0.0}, {"alpha", c10::IValue()},
-                                   {"dropout", 0.0}, {"seed", int64_t{0}}})
+  const at::Tensor pe = args.with({{"x", at::zeros_like(grad)},
+                                   {"scale", 0.0},
+                                   {"alpha", c10::IValue()},
+                                   {"dropout", 0.0},
+                                   {"seed", int64_t{0}}})
                             .call();
   const auto acc = at::toOpMathType(alpha.scalar_type());
   return grad.to(acc).mul(pe.to(acc)).sum().reshape(alpha.sizes()).to(alpha.scalar_type());

@@ -25,7 +25,7 @@ using pe_ext::cpu::bits_of;
 using pe_ext::cpu::Element;
 using pe_ext::cpu::storage_t;
 
-constexpr int64_t kTileValues = 8192;         // pe values per tile: 32 KiB of float, kept in L1/L2
+constexpr int64_t kTileValues = 8192;          // pe values per tile: 32 KiB of float, kept in L1/L2
 constexpr int64_t kElementsPerTask = 1 << 15;  // enough work per parallel task to pay for its start (as ATen's grain)
 constexpr int64_t kRowChunk = 1024;            // a row is written in chunks of this many elements
 constexpr int64_t kStreamingBytes = 16 << 20;  // outputs from this size on (half of a 32 MiB L3) are streamed
@@ -66,8 +66,7 @@ PE_ROW_CLONES void philox_words(uint64_t first_counter, int64_t counters, uint64
 
 // pe(pos, :) in float: with the vectorized PolynomialSinCos when every angle of the row is within its limit
 // (max_freq: the largest of freqs), else with the library's sin and cos.
-PE_ROW_CLONES void pe_row_float(const EncodingSpec& s, int64_t pos, const double* freqs, double max_freq,
-                                float* row) {
+PE_ROW_CLONES void pe_row_float(const EncodingSpec& s, int64_t pos, const double* freqs, double max_freq, float* row) {
   if (static_cast<double>(pos) * max_freq < pe_ext::cpu::kPolynomialAngleLimit) {
     pe_row<float>(s, pos, freqs, row, pe_ext::cpu::PolynomialSinCos());
   } else {
@@ -299,6 +298,4 @@ void add_pe_cpu(const SinusoidalProblem& p) {
 }  // namespace
 }  // namespace pe_ext::sinusoidal
 
-TORCH_LIBRARY_IMPL(pe_ext, CPU, m) {
-  pe_ext::sinusoidal::register_kernels<pe_ext::sinusoidal::add_pe_cpu>(m);
-}
+TORCH_LIBRARY_IMPL(pe_ext, CPU, m) { pe_ext::sinusoidal::register_kernels<pe_ext::sinusoidal::add_pe_cpu>(m); }

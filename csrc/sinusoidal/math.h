@@ -46,7 +46,7 @@ inline EncodingSpec paper_spec(int64_t d_model, double base, Layout layout, bool
 }
 
 inline EncodingSpec timescale_spec(int64_t d_model, double min_timescale, double max_timescale, Layout layout,
-                             bool precise_angle) {
+                                   bool precise_angle) {
   EncodingSpec s = paper_spec(d_model, 1.0, layout, precise_angle);
   // d_model / 2 - 1 would divide by zero for d_model < 4; tensor2tensor's max(., 1) defines that corner.
   const double steps = static_cast<double>(d_model / 2 - 1 > 1 ? d_model / 2 - 1 : 1);
@@ -126,7 +126,8 @@ struct LibrarySinCos {
 
 // The loops of pe_row for one value of precise_angle, a constant in them, so that they have no branch (and vectorize).
 template <typename acc_t, bool kPreciseAngle, typename SinCos>
-PE_HOST_DEVICE void pe_row_loops(const EncodingSpec& s, int64_t pos, const double* freqs, acc_t* values, SinCos sin_cos_of) {
+PE_HOST_DEVICE void pe_row_loops(const EncodingSpec& s, int64_t pos, const double* freqs, acc_t* values,
+                                 SinCos sin_cos_of) {
   const int64_t n = s.num_freqs;
   if (s.layout == Layout::kInterleaved) {
     const int64_t pairs = s.d_model / 2;  // an odd row's last frequency has a sin column only

@@ -88,11 +88,10 @@ at::Tensor checked_table(const at::Tensor& table, const at::Tensor& x, int64_t d
   at::Tensor rows = table.dim() == 3 ? table.select(0, 0) : table;
   TORCH_CHECK_VALUE(rows.size(1) == d_model, "pe_ext: table's last dimension (", rows.size(1),
                     ") must equal x's last dimension d_model (", d_model, ")");
-  TORCH_CHECK_VALUE(table.device() == x.device(), "pe_ext: table is on ", table.device(), " but x is on ",
-                    x.device(), "; move them to the same device (module.to(x.device))");
+  TORCH_CHECK_VALUE(table.device() == x.device(), "pe_ext: table is on ", table.device(), " but x is on ", x.device(),
+                    "; move them to the same device (module.to(x.device))");
   TORCH_CHECK_TYPE(table.scalar_type() == x.scalar_type() || table.scalar_type() == at::kFloat,
-                   "pe_ext: table must be float32 or x's dtype (", x.scalar_type(), "), got ",
-                   table.scalar_type());
+                   "pe_ext: table must be float32 or x's dtype (", x.scalar_type(), "), got ", table.scalar_type());
   TORCH_CHECK_VALUE(last_position <= rows.size(0), "pe_ext: positions up to ", last_position - 1, " need ",
                     last_position, " table rows, but the table has ", rows.size(0),
                     " (max_len); raise max_len or compute on the fly (no table)");
@@ -132,8 +131,8 @@ void check_writes_untracked(const at::Tensor& x, const c10::optional<at::Tensor>
 }  // namespace
 
 SinusoidalProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset,
-                                 double scale, int64_t seq_dim, const SinusoidalOptions& options,
-                                 const at::Tensor& out, Write write) {
+                                 double scale, int64_t seq_dim, const SinusoidalOptions& options, const at::Tensor& out,
+                                 Write write) {
   check_x(x, seq_dim, scale);
   const EncodingSpec spec = make_spec(options, x.size(-1));
   check_out(out, x);
@@ -185,14 +184,17 @@ SinusoidalProblem prepare_fill_table(const at::Tensor& out, int64_t offset, cons
 
 void define(torch::Library& m) {
   // out = x * scale + pe(offset + l) along dimension seq_dim of x; pe read from table when given, else computed.
-  m.def("add_pe(Tensor x, Tensor? table=None, SymInt offset=0, float scale=1.0, int seq_dim=1, *"
-        PE_SINUSOIDAL_OPTIONS_SCHEMA ") -> Tensor");
+  m.def(
+      "add_pe(Tensor x, Tensor? table=None, SymInt offset=0, float scale=1.0, int seq_dim=1, "
+      "*" PE_SINUSOIDAL_OPTIONS_SCHEMA ") -> Tensor");
   // The same, written into x.
-  m.def("add_pe_(Tensor(a!) x, Tensor? table=None, SymInt offset=0, float scale=1.0, int seq_dim=1, *"
-        PE_SINUSOIDAL_OPTIONS_SCHEMA ") -> ()");
+  m.def(
+      "add_pe_(Tensor(a!) x, Tensor? table=None, SymInt offset=0, float scale=1.0, int seq_dim=1, "
+      "*" PE_SINUSOIDAL_OPTIONS_SCHEMA ") -> ()");
   // The same, written into a preallocated out of x's shape and dtype that does not overlap x.
-  m.def("add_pe_out(Tensor x, Tensor? table, SymInt offset, float scale, int seq_dim, Tensor(a!) out, *"
-        PE_SINUSOIDAL_OPTIONS_SCHEMA ") -> ()");
+  m.def(
+      "add_pe_out(Tensor x, Tensor? table, SymInt offset, float scale, int seq_dim, Tensor(a!) out, "
+      "*" PE_SINUSOIDAL_OPTIONS_SCHEMA ") -> ()");
   // out[p, :] = pe(offset + p, :): the table, built where out lives.
   m.def("fill_table_(Tensor(a!) out, SymInt offset=0, *" PE_SINUSOIDAL_OPTIONS_SCHEMA ") -> ()");
 }

@@ -28,17 +28,17 @@ namespace pe_ext::sinusoidal {
 //   alpha              a 0-dim tensor multiplying pe (ESPnet's learnable alpha), None for 1
 //   dropout, seed      fused dropout of the result: the mask is a function of (seed, element), so backward
 //                      recomputes it and CPU and CUDA agree
-#define PE_SINUSOIDAL_OPTIONS(X)                                             \
-  X(double, base, "float", "10000.0")                                        \
-  X(c10::string_view, layout, "str", "\"interleaved\"")                      \
-  X(c10::string_view, frequencies, "str", "\"paper\"")                       \
-  X(double, min_timescale, "float", "1.0")                                   \
-  X(double, max_timescale, "float", "10000.0")                               \
-  X(bool, precise_angle, "bool", "False")                                    \
-  X(const c10::optional<at::Tensor>&, positions, "Tensor?", "None")          \
-  X(int64_t, padding_idx, "int", "-1")                                       \
-  X(const c10::optional<at::Tensor>&, alpha, "Tensor?", "None")              \
-  X(double, dropout, "float", "0.0")                                         \
+#define PE_SINUSOIDAL_OPTIONS(X)                                    \
+  X(double, base, "float", "10000.0")                               \
+  X(c10::string_view, layout, "str", "\"interleaved\"")             \
+  X(c10::string_view, frequencies, "str", "\"paper\"")              \
+  X(double, min_timescale, "float", "1.0")                          \
+  X(double, max_timescale, "float", "10000.0")                      \
+  X(bool, precise_angle, "bool", "False")                           \
+  X(const c10::optional<at::Tensor>&, positions, "Tensor?", "None") \
+  X(int64_t, padding_idx, "int", "-1")                              \
+  X(const c10::optional<at::Tensor>&, alpha, "Tensor?", "None")     \
+  X(double, dropout, "float", "0.0")                                \
   X(int64_t, seed, "int", "0")
 
 // Expansions of the list: a schema tail (", float base=10000.0, ..."), a parameter list and an argument list to
@@ -88,8 +88,8 @@ enum class Write { kNew, kInPlace, kOut };
 // Check the arguments of add_pe / add_pe_ / add_pe_out (out is x for the in-place op) and view them batch-first.
 // Every check runs before anything is written.
 SinusoidalProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset,
-                                 double scale, int64_t seq_dim, const SinusoidalOptions& options,
-                                 const at::Tensor& out, Write write);
+                                 double scale, int64_t seq_dim, const SinusoidalOptions& options, const at::Tensor& out,
+                                 Write write);
 
 // Check the arguments of fill_table_ (out: [num_positions, d_model]) and view them as a problem with no x.
 SinusoidalProblem prepare_fill_table(const at::Tensor& out, int64_t offset, const SinusoidalOptions& options);
@@ -106,23 +106,21 @@ template <ProblemKernel kernel>
 at::Tensor add_pe_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, c10::SymInt offset, double scale,
                      int64_t seq_dim PE_SINUSOIDAL_OPTIONS_PARAMS) {
   at::Tensor out = at::empty_like(x);
-  kernel(prepare_add_pe(x, table, offset.expect_int(), scale, seq_dim, PE_SINUSOIDAL_OPTIONS_STRUCT, out,
-                        Write::kNew));
+  kernel(prepare_add_pe(x, table, offset.expect_int(), scale, seq_dim, PE_SINUSOIDAL_OPTIONS_STRUCT, out, Write::kNew));
   return out;
 }
 
 template <ProblemKernel kernel>
 void add_pe_inplace_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, c10::SymInt offset, double scale,
                        int64_t seq_dim PE_SINUSOIDAL_OPTIONS_PARAMS) {
-  kernel(prepare_add_pe(x, table, offset.expect_int(), scale, seq_dim, PE_SINUSOIDAL_OPTIONS_STRUCT, x,
-                        Write::kInPlace));
+  kernel(
+      prepare_add_pe(x, table, offset.expect_int(), scale, seq_dim, PE_SINUSOIDAL_OPTIONS_STRUCT, x, Write::kInPlace));
 }
 
 template <ProblemKernel kernel>
 void add_pe_out_op(const at::Tensor& x, const c10::optional<at::Tensor>& table, c10::SymInt offset, double scale,
                    int64_t seq_dim, const at::Tensor& out PE_SINUSOIDAL_OPTIONS_PARAMS) {
-  kernel(prepare_add_pe(x, table, offset.expect_int(), scale, seq_dim, PE_SINUSOIDAL_OPTIONS_STRUCT, out,
-                        Write::kOut));
+  kernel(prepare_add_pe(x, table, offset.expect_int(), scale, seq_dim, PE_SINUSOIDAL_OPTIONS_STRUCT, out, Write::kOut));
 }
 
 template <ProblemKernel kernel>

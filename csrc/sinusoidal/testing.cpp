@@ -18,16 +18,16 @@ void run_grid(const SinusoidalProblem& p, int64_t num_sms) {
   dispatch_add_pe(p, static_cast<int>(num_sms),
                   [&](auto vec, auto general_case, const auto& args, const LaunchConfig& config) {
                     emulate_grid(config.grid, [&](int64_t block_x, int64_t block_y, int thread_x, int thread_y) {
-                      add_pe_thread<decltype(vec)::value, decltype(general_case)::value>(args, config, block_x,
-                                                                                          block_y, thread_x, thread_y);
+                      add_pe_thread<decltype(vec)::value, decltype(general_case)::value>(args, config, block_x, block_y,
+                                                                                         thread_x, thread_y);
                     });
                   });
 }
 
 // With x: add_pe written into out; without: fill_table_.
 void add_pe_grid_emulator(const at::Tensor& out, const c10::optional<at::Tensor>& x,
-                        const c10::optional<at::Tensor>& table, c10::SymInt offset, double scale, int64_t seq_dim,
-                        int64_t num_sms PE_SINUSOIDAL_OPTIONS_PARAMS) {
+                          const c10::optional<at::Tensor>& table, c10::SymInt offset, double scale, int64_t seq_dim,
+                          int64_t num_sms PE_SINUSOIDAL_OPTIONS_PARAMS) {
   const SinusoidalOptions options = PE_SINUSOIDAL_OPTIONS_STRUCT;
   if (x.has_value() && x->defined()) {
     run_grid(prepare_add_pe(*x, table, offset.expect_int(), scale, seq_dim, options, out, Write::kOut), num_sms);
@@ -40,10 +40,9 @@ void add_pe_grid_emulator(const at::Tensor& out, const c10::optional<at::Tensor>
 }  // namespace pe_ext::sinusoidal::cuda
 
 TORCH_LIBRARY_FRAGMENT(pe_ext, m) {
-  m.def("_add_pe_grid_emulator(Tensor(a!) out, Tensor? x, Tensor? table, SymInt offset, float scale, int seq_dim, "
-        "int num_sms, *" PE_SINUSOIDAL_OPTIONS_SCHEMA ") -> ()");
+  m.def(
+      "_add_pe_grid_emulator(Tensor(a!) out, Tensor? x, Tensor? table, SymInt offset, float scale, int seq_dim, "
+      "int num_sms, *" PE_SINUSOIDAL_OPTIONS_SCHEMA ") -> ()");
 }
 
-TORCH_LIBRARY_IMPL(pe_ext, CPU, m) {
-  m.impl("_add_pe_grid_emulator", &pe_ext::sinusoidal::cuda::add_pe_grid_emulator);
-}
+TORCH_LIBRARY_IMPL(pe_ext, CPU, m) { m.impl("_add_pe_grid_emulator", &pe_ext::sinusoidal::cuda::add_pe_grid_emulator); }

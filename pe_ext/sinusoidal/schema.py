@@ -3,8 +3,6 @@ csrc/sinusoidal/ops.h's PE_SINUSOIDAL_OPTIONS (a test checks that the compiled s
 
 from __future__ import annotations
 
-from torch import Tensor
-
 # (name, schema type, default), in schema order. What each means: csrc/sinusoidal/ops.h.
 OPTIONS = (
     ("base", "float", 10000.0),

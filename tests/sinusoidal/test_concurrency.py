@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import pe_ext
-from tests.helpers import DTYPES, requires_extension, requires_testing_ops
+from tests.helpers import DTYPES, requires_testing_ops
 from tests.sinusoidal.oracle import oracle_add, oracle_pe, tolerance
 
 THREADS, CALLS_PER_THREAD = 8, 40
@@ -51,7 +51,7 @@ def test_concurrent_calls_each_get_their_own_answer():
             generator = torch.Generator().manual_seed(t)
             barrier.wait()  # start together
             results[t] = [one_call(t * CALLS_PER_THREAD + k, generator) for k in range(CALLS_PER_THREAD)]
-        except Exception as error:  # reported below, with the thread
+        except Exception as error:  # noqa: BLE001 (any failure is reported below, with its thread)
             errors.append((t, error))
 
     threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]

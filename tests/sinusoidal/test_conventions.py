@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import pe_ext
-from tests.helpers import requires_extension
 from tests.sinusoidal.impls import IMPLS
 from tests.sinusoidal.oracle import fairseq_sinusoidal_embedding, oracle_encoding, tolerance
 

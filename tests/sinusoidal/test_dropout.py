@@ -90,7 +90,7 @@ def test_backward_regenerates_the_mask():
     x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
     table = pe_ext.sinusoidal_table(10, 8, dtype=torch.float64).requires_grad_()
     alpha = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
-    f = lambda x, t, a: torch.ops.pe_ext.add_pe(x, t, 1, 1.5, 1, alpha=a, dropout=0.4, seed=5)  # noqa: E731
+    f = lambda x, t, a: torch.ops.pe_ext.add_pe(x, t, 1, 1.5, 1, alpha=a, dropout=0.4, seed=5)
     assert torch.autograd.gradcheck(f, (x, table, alpha))
     out = f(x, table, alpha)
     out.sum().backward()

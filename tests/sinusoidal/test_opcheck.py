@@ -11,7 +11,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import pe_ext  # noqa: F401  (registers the ops and their fake kernels)
-from tests.helpers import FORCED_FALLBACK, requires_extension, requires_testing_ops
+from tests.helpers import FORCED_FALLBACK, requires_testing_ops
 
 OPS = torch.ops.pe_ext
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]

@@ -9,7 +9,7 @@ import torch
 import pe_ext
 from tests.helpers import DTYPES, LAYOUTS, make_x, requires_extension, requires_testing_ops
 from tests.sinusoidal.impls import IMPLS, check
-from tests.sinusoidal.oracle import ClassicPositionalEncoding, oracle_add, oracle_pe, tolerance
+from tests.sinusoidal.oracle import ClassicPositionalEncoding, oracle_pe, tolerance
 
 
 @pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())

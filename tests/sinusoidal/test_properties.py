@@ -18,7 +18,7 @@ from tests.helpers import DTYPES
 from tests.sinusoidal.oracle import oracle_add, oracle_pe, tolerance
 
 SENTINEL = 3.0  # fills the memory around a strided target; exact in every dtype, never a result here
-SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
 
 
 @st.composite

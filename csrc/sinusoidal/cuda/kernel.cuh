@@ -159,7 +159,8 @@ PE_HOST_DEVICE void add_pe_span(const AddPeArgs<scalar_t, table_t>& a, int64_t c
   const bool per_row = kGeneralCase && a.positions_per_row();
   for (int64_t l = first_l; l < a.seq_len; l += l_step) {
     acc_t pe[W];
-    if (!per_row) span_pe<W, kGeneralCase>(a, kGeneralCase ? a.position(batch_begin, l) : a.offset + l, col0, wave, freqs, pe);
+    if (!per_row)
+      span_pe<W, kGeneralCase>(a, kGeneralCase ? a.position(batch_begin, l) : a.offset + l, col0, wave, freqs, pe);
     for (int64_t b = batch_begin; b < batch_end; ++b) {
       if (per_row) span_pe<W, kGeneralCase>(a, a.position(b, l), col0, wave, freqs, pe);
       acc_t sums[W];
@@ -172,7 +173,8 @@ PE_HOST_DEVICE void add_pe_span(const AddPeArgs<scalar_t, table_t>& a, int64_t c
         PE_UNROLL
         for (int k = 0; k < W; ++k) sums[k] = pe[k];
       }
-      if (kGeneralCase && a.dropout_threshold > 0) apply_dropout<W>(a, (b * a.seq_len + l) * a.spec.d_model + col0, sums);
+      if (kGeneralCase && a.dropout_threshold > 0)
+        apply_dropout<W>(a, (b * a.seq_len + l) * a.spec.d_model + col0, sums);
       scalar_t values[W];
       PE_UNROLL
       for (int k = 0; k < W; ++k) values[k] = static_cast<scalar_t>(sums[k]);

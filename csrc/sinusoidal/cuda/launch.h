@@ -78,7 +78,8 @@ void dispatch_add_pe(const SinusoidalProblem& p, int num_sms, Launch&& launch) {
         constexpr int kVec = kVectorized ? kMaxVec<scalar_t> : 1;
         PE_BOOL_SWITCH(general_case, kGeneralCase, [&] {
           launch(std::integral_constant<int, kVec>{}, std::bool_constant<kGeneralCase>{},
-                 make_args<scalar_t, table_t>(p), make_launch_config(p.batch(), p.seq_len(), p.d_model(), kVec, num_sms));
+                 make_args<scalar_t, table_t>(p),
+                 make_launch_config(p.batch(), p.seq_len(), p.d_model(), kVec, num_sms));
         });
       });
     });

@@ -29,20 +29,17 @@ void add_pe_cuda(const SinusoidalProblem& p) {
   if (p.out.numel() == 0) return;
   const c10::cuda::CUDAGuard device_guard(p.out.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  dispatch_add_pe(p, multiprocessor_count(p.out.get_device()),
-                  [&](auto vec, auto general_case, const auto& args, const LaunchConfig& config) {
-                    const dim3 grid(static_cast<unsigned>(config.grid.blocks_x),
-                                    static_cast<unsigned>(config.grid.blocks_y));
-                    const dim3 block(config.grid.threads_x, config.grid.threads_y);
-                    add_pe_kernel<decltype(vec)::value, decltype(general_case)::value>
-                        <<<grid, block, 0, stream>>>(args, config);
-                    C10_CUDA_KERNEL_LAUNCH_CHECK();
-                  });
+  dispatch_add_pe(
+      p, multiprocessor_count(p.out.get_device()),
+      [&](auto vec, auto general_case, const auto& args, const LaunchConfig& config) {
+        const dim3 grid(static_cast<unsigned>(config.grid.blocks_x), static_cast<unsigned>(config.grid.blocks_y));
+        const dim3 block(config.grid.threads_x, config.grid.threads_y);
+        add_pe_kernel<decltype(vec)::value, decltype(general_case)::value><<<grid, block, 0, stream>>>(args, config);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
 }
 
 }  // namespace
 }  // namespace pe_ext::sinusoidal::cuda
 
-TORCH_LIBRARY_IMPL(pe_ext, CUDA, m) {
-  pe_ext::sinusoidal::register_kernels<pe_ext::sinusoidal::cuda::add_pe_cuda>(m);
-}
+TORCH_LIBRARY_IMPL(pe_ext, CUDA, m) { pe_ext::sinusoidal::register_kernels<pe_ext::sinusoidal::cuda::add_pe_cuda>(m); }
