@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.14.1
-DEPS := torch==$(TORCH_VERSION) numpy ninja pybind11 setuptools wheel pytest hypothesis matplotlib tqdm transformers
+DEPS := torch==$(TORCH_VERSION) numpy ninja pybind11 setuptools wheel pytest hypothesis matplotlib tqdm transformers \
+	ruff==0.17.6 clang-format==23.1.5
 BENCH_ARGS ?=
 
 # torch guesses the CUDA root from the nvcc on PATH, which may be a wrapper; point it at the toolkit.
@@ -15,7 +16,7 @@ endif
 # The test-only ops (the CUDA grid emulators) are built into this checkout's extension: the tests need them.
 export PE_EXT_TESTING ?= 1
 
-.PHONY: setup build test sanitize bench clean
+.PHONY: setup build test lint sanitize bench clean
 
 setup: $(VENV)/.deps-stamp
 
@@ -34,6 +35,11 @@ pe_ext/.build-stamp: $(VENV)/.deps-stamp setup.py $(shell find csrc -type f)
 
 test: build
 	$(PY) -m pytest -q tests
+
+# Python with ruff, C++/CUDA with the repository's .clang-format (checked, not rewritten).
+lint: setup
+	$(VENV)/bin/ruff check .
+	find csrc -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' | xargs $(VENV)/bin/clang-format --dry-run -Werror
 
 # The C++ CPU code under ASan + UBSan, built into a scratch copy (the normal build is left alone).
 sanitize: setup
