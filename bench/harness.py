@@ -269,7 +269,8 @@ def bar_panels(path: Path, title: str, panels: list[Panel]) -> None:
         ax.set_title(panel.title, fontsize=10)
         ax.set_ylabel(panel.ylabel)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7, ncol=5)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.2)  # headroom for the legend
+        ax.legend(fontsize=7, ncol=5, loc="upper left")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
