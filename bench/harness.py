@@ -60,12 +60,15 @@ def parse_args(family: str, description: str,
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="a small sweep (about a minute on CPU)")
+    parser.add_argument("--targets", action="store_true",
+                        help="only the shapes behind the family's stated targets (the GPU check runs these first)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="timing per provider and configuration (default 0.6, 0.15 with --quick)")
     parser.add_argument("--allocator", choices=list(ALLOCATORS), default="tuned",
                         help="CPU: glibc's settings for freed memory (see bench/README.md)")
     parser.add_argument("--results", default=str(RESULTS),
                         help=f"results root; this benchmark writes into <results>/{family}/<device>")
+    parser.add_argument("--out", default=None, help="write into this folder instead (overrides --results)")
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args()
@@ -75,7 +78,7 @@ def parse_args(family: str, description: str,
         parser.error("--device cuda but no CUDA device is present")
     if args.seconds is None:
         args.seconds = 0.15 if args.quick else 0.6
-    args.out = Path(args.results) / family / args.device
+    args.out = Path(args.out) if args.out else Path(args.results) / family / args.device
     torch.manual_seed(0)
     return args
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pe_ext
-from tests.helpers import DTYPES, make_x
+from tests.helpers import DTYPES, LAYOUTS, make_x
 from tests.sinusoidal.impls import ENCODINGS, check
 from tests.sinusoidal.oracle import ClassicPositionalEncoding, oracle_add, oracle_encoding, oracle_pe, tolerance
 
@@ -14,27 +14,67 @@ pytestmark = pytest.mark.cuda
 
 
 def cpu_and_cuda(x, table, offset, scale, seq_dim):
-    cpu = torch.ops.pe_ext.add_pe(x, table, offset, scale, seq_dim)
-    cuda = torch.ops.pe_ext.add_pe(x.cuda(), None if table is None else table.cuda(), offset, scale, seq_dim)
+    """The op on a CUDA x (laid out on the device as the test built it) and on a CPU copy of it."""
+    cuda = torch.ops.pe_ext.add_pe(x, None if table is None else table.cuda(), offset, scale, seq_dim)
+    cpu = torch.ops.pe_ext.add_pe(x.cpu(), table, offset, scale, seq_dim)
     assert cuda.is_cuda and cuda.dtype == x.dtype
     return cpu, cuda.cpu()
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("layout", ["contiguous", "strided_d", "sliced_d", "misaligned", "permuted"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape,seq_dim", [((3, 50, 64), 1), ((50, 3, 64), 0), ((70, 16), 0), ((2, 9, 17), 1),
-                                           ((64, 1, 512), 1), ((1, 2048, 1000), 1)],
-                         ids=["BLD", "LBD", "LD", "odd_d", "decode", "long"])
+                                           ((64, 1, 512), 1), ((1, 2048, 1000), 1), ((3, 70_000, 8), 1)],
+                         ids=["BLD", "LBD", "LD", "odd_d", "decode", "long", "grid_stride_and_batch_split"])
 @pytest.mark.parametrize("mode", ["on_the_fly", "table"])
 def test_cuda_matches_cpu_and_oracle(dtype, layout, shape, seq_dim, mode):
-    x = make_x(shape, dtype, layout)
+    # Built on the device: x.cuda() of a CPU view would arrive contiguous and aligned, and the misaligned, strided and
+    # sliced cases would never reach the element-wise and tail paths.
+    x = make_x(shape, dtype, layout, device="cuda")
     seq_len, d_model = x.shape[seq_dim if x.dim() == 3 else 0], x.shape[-1]
     table = pe_ext.sinusoidal_table(seq_len + 7, d_model) if mode == "table" else None
     cpu, cuda = cpu_and_cuda(x, table, 7, 1.5, seq_dim)
-    check(cuda, x, offset=7, scale=1.5, seq_dim=seq_dim)
+    check(cuda, x.cpu(), offset=7, scale=1.5, seq_dim=seq_dim)
     # CPU and CUDA share the formulas; they differ only by sin/cos/fma rounding (a few float32 ulps of the angle).
     atol, rtol = tolerance(dtype, seq_len + 7, 6.0)
     torch.testing.assert_close(cuda.double(), cpu.double(), atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cuda_writes_into_any_layout(layout):
+    """In place and out= into targets laid out on the device (strided, sliced, misaligned, permuted)."""
+    x = make_x((4, 33, 40), torch.bfloat16, layout, device="cuda")
+    expected = oracle_add(x.cpu(), offset=2)
+    atol, rtol = tolerance(torch.bfloat16, 35, 4.0)
+    out = make_x((4, 33, 40), torch.bfloat16, layout, device="cuda").fill_(float("nan"))
+    pe_ext.add_sinusoidal_pe(x, offset=2, out=out)
+    torch.testing.assert_close(out.cpu().double(), expected, atol=atol, rtol=rtol)
+    pe_ext.add_sinusoidal_pe_(x, offset=2)
+    torch.testing.assert_close(x.cpu().double(), expected, atol=atol, rtol=rtol)
+
+
+def test_cuda_on_a_side_stream():
+    """The kernels launch on the current stream: work queued on a side stream is ordered with them."""
+    side = torch.cuda.Stream()
+    x = torch.randn(8, 512, 256, device="cuda")
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        y = pe_ext.add_sinusoidal_pe(x.mul(2.0), offset=5)
+    torch.cuda.current_stream().wait_stream(side)
+    atol, rtol = tolerance(torch.float32, 517, 8.0)
+    torch.testing.assert_close(y.cpu().double(), oracle_add(2.0 * x.cpu(), offset=5), atol=atol, rtol=rtol)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second CUDA device")
+def test_cuda_second_device():
+    """Tensors on cuda:1 run there (the device guard), whatever the current device."""
+    x = torch.randn(2, 100, 64, device="cuda:1")
+    table = pe_ext.sinusoidal_table(120, 64, device="cuda:1")
+    for t in (None, table):
+        y = pe_ext.add_sinusoidal_pe(x, t, offset=3)
+        assert y.device == x.device
+        atol, rtol = tolerance(torch.float32, 103, 4.0)
+        torch.testing.assert_close(y.cpu().double(), oracle_add(x.cpu(), offset=3), atol=atol, rtol=rtol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
