@@ -75,11 +75,11 @@ def test_timescales_are_fairseqs_and_correct_rounding_is_float64_rounded_once(im
     assert d_model < 512 or not torch.equal(rounded_once, classic_div_term(d_model))  # the roundings do differ
 
 
-# --- Values against the classic module built by torch itself: (d_model, max_len), about 2M values each at most,
-# positions past 100k for narrow rows; odd widths (where the classic module fails) take its first d_model // 2
-# cosines. CLASSIC_ULPS records the largest difference measured in the last run, for the README.
-CLASSIC_TABLES = [(2, 131_072), (6, 100_003), (64, 32_768), (100, 8192), (512, 4096), (1000, 2048), (8192, 256),
-                  (1, 1000), (33, 1000), (1001, 256)]
+# --- Values against the classic module built by torch itself: (d_model, max_len), at most 1M values each,
+# positions past 100k for narrow rows (wide rows far out: below); odd widths (where the classic module fails) take
+# its first d_model // 2 cosines.
+CLASSIC_TABLES = [(8, 131_072), (64, 8192), (100, 2048), (512, 1024), (1000, 512), (8192, 64), (1, 1000), (33, 1000),
+                  (1001, 64)]
 
 
 def classic_table(d_model, max_len):
@@ -94,7 +94,6 @@ def test_tables_and_on_the_fly_values_equal_the_classic_module(d_model, max_len)
     classic = classic_table(d_model, max_len)
     built = {
         "table": pe_ext.sinusoidal_table(max_len, d_model),
-        "module": pe_ext.PositionalEncoding(d_model, max_len).pe[0],
         "on_the_fly": torch.ops.pe_ext.add_pe(torch.zeros(1, max_len, d_model), None, 0, 1.0, 1)[0],
         "fallback": pe_ext.sinusoidal.fallback.add_pe(torch.zeros(max_len, d_model), None, 0, 1.0, 0),
     }
@@ -103,7 +102,7 @@ def test_tables_and_on_the_fly_values_equal_the_classic_module(d_model, max_len)
 
 
 @requires_testing_ops
-@pytest.mark.parametrize("d_model,max_len", CLASSIC_TABLES[::3])
+@pytest.mark.parametrize("d_model,max_len", CLASSIC_TABLES[::2])
 def test_cuda_kernel_body_equals_the_classic_module(d_model, max_len):
     """The CUDA per-thread body over its grid, building the table at 257 sampled rows (the last included)."""
     rows = torch.linspace(0, max_len - 1, 257).long()
@@ -128,7 +127,7 @@ def test_every_dtype_against_the_classic_module(dtype, buffer):
     """float16/bfloat16: x + pe in float32, rounded once, so within one ulp of the classic sum rounded to dtype.
     float64 with a table: the float32 table's values, within the sin/cos rounding of the classic one's; float64 on the
     fly: float64 math, more accurate than the classic module (against the float64 oracle)."""
-    d_model, seq_len = 64, 4096
+    d_model, seq_len = 64, 1024
     classic = ClassicPositionalEncoding(d_model, seq_len)
     x = torch.randn(2, seq_len, d_model).to(dtype)
     ours = pe_ext.PositionalEncoding(d_model, seq_len, buffer=buffer)(x)
