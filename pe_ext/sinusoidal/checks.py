@@ -153,12 +153,13 @@ def _checked_positions(options: dict, like: Tensor, like_name: str, leading, seq
     if not has_storage:
         return PositionRange(None, offset, offset + seq_len, fractional)
     ids = positions.double() + offset if fractional else positions.long() + offset
-    if positions.numel() == 0 or fractional:
-        if fractional and positions.numel() > 0:
-            low, high = float(positions.min()), float(positions.max())
-            if not (math.isfinite(low) and math.isfinite(high)):
-                raise ValueError(f"pe_ext: positions must be finite, got values from {low} to {high}")
+    if positions.numel() == 0:
         return PositionRange(ids, offset, offset, fractional)
+    if fractional:
+        low, high = float(positions.min()), float(positions.max())
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(f"pe_ext: positions must be finite, got values from {low} to {high}")
+        return PositionRange(ids, offset, offset, True)
     low, high = int(positions.min()), int(positions.max())
     _check_sum_fits(offset, low, high)
     return PositionRange(ids, offset + low, offset + high + 1)
