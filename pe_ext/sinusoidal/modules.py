@@ -158,7 +158,8 @@ class PositionalEncoding(_GivenFrequencies):
         return ops.add_sinusoidal_pe(x, pe, offset=offset, scale=self.scale, batch_first=self.batch_first,
                                      alpha=1.0 if alpha is None else alpha, positions=positions,
                                      start_positions=start_positions, dropout=self.dropout.p if self.training else 0.0,
-                                     **self._with_frequencies(self._op_encoding))
+                                     **(self._with_frequencies(self._op_encoding) if "inv_freq" in self._buffers
+                                        else self._op_encoding))
 
     def _grow_table(self, needed: int) -> Tensor:
         self._extend_table(max(needed, 2 * self.max_len))

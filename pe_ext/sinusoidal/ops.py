@@ -42,6 +42,8 @@ def _checked_offset(offset: int) -> int:
 def op_encoding(encoding: dict) -> dict:
     """The ops' encoding keywords: frequencies given as a tensor (a model's own div_term or inv_freq) is the ops'
     inv_freq."""
+    if not encoding:  # the common case, first: decoding calls are overhead-bound
+        return encoding
     frequencies = encoding.get("frequencies")
     if not isinstance(frequencies, Tensor):
         return encoding
