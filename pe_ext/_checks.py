@@ -65,6 +65,11 @@ def check_untracked(t: Tensor | None, name: str, op: str, alternative: str) -> N
 def check_offset(offset: int, count: int) -> None:
     if offset < 0:
         raise ValueError(f"pe_ext: offset must be >= 0, got {offset}")
+    check_offset_fits(offset, count)
+
+
+def check_offset_fits(offset: int, count: int) -> None:
+    """offset + count fits in int64; offset may be negative (positions computed on the fly)."""
     if offset > 0 and offset > INT64_MAX - count:  # offset 0 first: no guard on a symbolic count when tracing
         raise ValueError(f"pe_ext: offset ({offset}) + seq_len ({count}) overflows int64")
 

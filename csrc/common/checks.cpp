@@ -78,6 +78,10 @@ void check_untracked(const c10::optional<at::Tensor>& t, const char* name, const
 
 void check_offset(int64_t offset, int64_t count) {
   TORCH_CHECK_VALUE(offset >= 0, "pe_ext: offset must be >= 0, got ", offset);
+  check_offset_fits(offset, count);
+}
+
+void check_offset_fits(int64_t offset, int64_t count) {
   TORCH_CHECK_VALUE(offset <= std::numeric_limits<int64_t>::max() - count, "pe_ext: offset (", offset, ") + seq_len (",
                     count, ") overflows int64");
 }

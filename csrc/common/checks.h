@@ -26,6 +26,8 @@ void check_untracked(const c10::optional<at::Tensor>& t, const char* name, const
 
 // offset >= 0 and offset + count fits in int64.
 void check_offset(int64_t offset, int64_t count);
+// offset + count fits in int64; offset may be negative (positions computed on the fly).
+void check_offset_fits(int64_t offset, int64_t count);
 
 void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name);
 

@@ -19,6 +19,8 @@
 #include <utility>
 #include <vector>
 
+#include "sinusoidal/ops.h"
+
 namespace pe_ext::sinusoidal {
 namespace {
 
@@ -157,6 +159,8 @@ void add_pe_autograd(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
     const c10::IValue& value = torch::jit::peek(*stack, index, num_arguments);
     return value.isTensor() && value.toTensor().requires_grad();
   };
+  static const size_t inv_freq = argument_index("inv_freq");
+  check_frequencies_untracked(torch::jit::peek(*stack, inv_freq, num_arguments).toOptional<at::Tensor>());
   if (!at::GradMode::is_enabled() || std::none_of(std::begin(differentiable), std::end(differentiable), tracked)) {
     // Nothing to differentiate (inference, decoding): no graph node and no saved state.
     at::AutoDispatchBelowADInplaceOrView guard;

@@ -16,10 +16,10 @@ void run_grid(const SinusoidalProblem& p, int64_t num_sms) {
   TORCH_CHECK_VALUE(num_sms > 0, "pe_ext: num_sms must be positive, got ", num_sms);
   if (p.out.numel() == 0) return;
   dispatch_add_pe(p, static_cast<int>(num_sms),
-                  [&](auto vec, auto general_case, const auto& args, const LaunchConfig& config) {
+                  [&](auto vec, auto variant, const auto& args, const LaunchConfig& config) {
                     emulate_grid(config.grid, [&](int64_t block_x, int64_t block_y, int thread_x, int thread_y) {
-                      add_pe_thread<decltype(vec)::value, decltype(general_case)::value>(args, config, block_x, block_y,
-                                                                                         thread_x, thread_y);
+                      add_pe_thread<decltype(vec)::value, decltype(variant)::value>(args, config, block_x, block_y,
+                                                                                    thread_x, thread_y);
                     });
                   });
 }

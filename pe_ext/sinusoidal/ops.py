@@ -2,13 +2,18 @@
 schemas and fallback kernels), and the ops' fake (meta) kernels.
 
 Every function takes the encoding keywords of the ops (csrc/sinusoidal/ops.h):
-    base=10000.0             frequencies="paper": freq(i) = base^(-2i / d_model)
-    frequencies="paper"      or "timescales": periods from min_timescale to max_timescale (tensor2tensor, fairseq)
+    base=10000.0             frequencies="paper": div_term = exp(arange(0, d_model, 2) * -(log(base) / d_model))
+    frequencies="paper"      or "timescales": periods from min_timescale to max_timescale (fairseq, tensor2tensor),
+                             or a 1-D float tensor of the frequencies (a model's own div_term or inv_freq, used as
+                             given; the ops' inv_freq)
     min_timescale=1.0, max_timescale=10000.0
-    layout="interleaved"     (sin, cos, sin, cos, ...) or "concatenated" (all sin, then all cos; an odd d_model's
-                             last column is 0)
-    precise_angle=False      reduce the angle in double before the float32 sin/cos: under 1e-6 error at any
-                             position, where the classic float32 angle loses ~1e-2 by position 300k
+    frequency_rounding="float32"  the formula evaluated in float32 as PyTorch evaluates it, so that the values equal
+                             the classic module's; "correct": evaluated in float64 and rounded once
+    layout="interleaved"     (sin, cos, sin, cos, ...), "concatenated" (all sin, then all cos; an odd d_model's
+                             last column is 0) or "concatenated_cos_first" (all cos, then all sin)
+    precise_angle=False      form and reduce the angle in double (with float64 frequencies) before the float32
+                             sin/cos: under 1e-6 error at any position, where the classic float32 angle loses ~1e-2 by
+                             position 300k
 """
 
 from __future__ import annotations
@@ -30,8 +35,21 @@ def _seq_dim(x: Tensor, batch_first: bool) -> int:
 def _checked_offset(offset: int) -> int:
     # The ops take an int64; outside it torch's argument parser would refuse the call without saying why.
     if isinstance(offset, int) and not -(2**63) <= offset <= INT64_MAX:
-        raise ValueError(f"pe_ext: offset must be >= 0 and fit in int64, got {offset}")
+        raise ValueError(f"pe_ext: offset must fit in int64, got {offset}")
     return offset
+
+
+def op_encoding(encoding: dict) -> dict:
+    """The ops' encoding keywords: frequencies given as a tensor (a model's own div_term or inv_freq) is the ops'
+    inv_freq."""
+    if not encoding:  # the common case, first: decoding calls are overhead-bound
+        return encoding
+    frequencies = encoding.get("frequencies")
+    if not isinstance(frequencies, Tensor):
+        return encoding
+    if "inv_freq" in encoding:
+        raise ValueError("pe_ext: give the frequencies as frequencies=tensor or inv_freq=tensor, not both")
+    return {**{k: v for k, v in encoding.items() if k != "frequencies"}, "inv_freq": frequencies}
 
 
 def check_table_args(num_positions: int, d_model: int) -> None:
@@ -85,18 +103,19 @@ def add_sinusoidal_pe(x: Tensor, table: Tensor | None = None, *, offset: int = 0
     """x * scale + alpha * pe(position) for every element of x, in one pass; the result keeps x's dtype.
 
     x is (batch, seq_len, d_model) when batch_first, (seq_len, batch, d_model) otherwise, or (seq_len, d_model).
-    Positions are offset + l along the sequence, or offset + positions (int ids shaped like x without d_model, or
-    (seq_len,)), or offset + start_positions[b] + l (start_positions: (batch,), e.g. left-padded batches or a KV
-    cache); pe(padding_idx) is zero. alpha is a number or a 0-dim tensor, learnable (its gradient is computed).
+    Positions are offset + l along the sequence, or offset + positions (ids shaped like x without d_model, or
+    (seq_len,): int, or float for fractional positions such as diffusion timesteps), or offset + start_positions[b]
+    + l (start_positions: (batch,), e.g. left-padded batches or a KV cache); pe(padding_idx) is zero. Offsets and
+    positions may be negative where pe is computed on the fly (Transformer-XL's relative positions). alpha is a number or a 0-dim tensor, learnable (its gradient is computed).
     dropout > 0 zeroes each element of the sum with that probability in the same pass (a Philox mask seeded from
     torch's generator; backward regenerates it), as nn.Dropout in training mode would.
-    pe rows are read from `table` ((rows, d_model) or the module's (1, rows, d_model); float32 or x's dtype) when
-    given, else computed on the fly with no length limit. `out`, if given, is written and returned (no autograd,
-    as with torch's out= arguments).
+    pe rows are read from `table` ((rows, d_model) or the module's (1, rows, d_model); float32 or x's dtype;
+    integer positions from 0) when given, else computed on the fly with no length limit. `out`, if given, is written
+    and returned (no autograd, as with torch's out= arguments).
     """
     seq_dim, offset = _seq_dim(x, batch_first), _checked_offset(offset)
     keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx),
-                **_dropout_keywords(dropout, generator), **encoding}
+                **_dropout_keywords(dropout, generator), **op_encoding(encoding)}
     if out is None:
         return torch.ops.pe_ext.add_pe.default(x, table, offset, scale, seq_dim, **keywords)
     torch.ops.pe_ext.add_pe_out.default(x, table, offset, scale, seq_dim, out, **keywords)
@@ -109,7 +128,8 @@ def add_sinusoidal_pe_(x: Tensor, table: Tensor | None = None, *, offset: int = 
                        **encoding) -> Tensor:
     """add_sinusoidal_pe written into x, which is returned. Refuses tensors that autograd tracks."""
     seq_dim = _seq_dim(x, batch_first)
-    keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx), **encoding}
+    keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx),
+                **op_encoding(encoding)}
     torch.ops.pe_ext.add_pe_.default(x, table, _checked_offset(offset), scale, seq_dim, **keywords)
     return x
 
@@ -121,7 +141,7 @@ def sinusoidal_table(num_positions: int, d_model: int, *, offset: int = 0, dtype
     if dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"pe_ext: dtype must be float32, float64, float16 or bfloat16, got {dtype}")
     out = torch.empty(num_positions, d_model, dtype=dtype, device=device)
-    torch.ops.pe_ext.fill_table_.default(out, _checked_offset(offset), **encoding)
+    torch.ops.pe_ext.fill_table_.default(out, _checked_offset(offset), **op_encoding(encoding))
     return out
 
 
@@ -132,8 +152,8 @@ def sinusoidal_embedding(positions: Tensor, d_model: int, *, offset: int = 0, pa
     if d_model <= 0:
         raise ValueError(f"pe_ext: d_model must be > 0, got {d_model}")
     out = torch.empty(positions.numel(), d_model, dtype=dtype, device=positions.device)
-    torch.ops.pe_ext.fill_table_.default(out, offset, positions=positions.reshape(-1), padding_idx=padding_idx,
-                                         **encoding)
+    torch.ops.pe_ext.fill_table_.default(out, _checked_offset(offset), positions=positions.reshape(-1),
+                                         padding_idx=padding_idx, **op_encoding(encoding))
     return out.reshape(*positions.shape, d_model)
 
 

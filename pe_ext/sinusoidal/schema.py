@@ -10,6 +10,8 @@ OPTIONS = (
     ("frequencies", "str", "paper"),
     ("min_timescale", "float", 1.0),
     ("max_timescale", "float", 10000.0),
+    ("frequency_rounding", "str", "float32"),
+    ("inv_freq", "Tensor?", None),
     ("precise_angle", "bool", False),
     ("positions", "Tensor?", None),
     ("padding_idx", "int", -1),
@@ -19,7 +21,10 @@ OPTIONS = (
 )
 DEFAULTS = {name: default for name, _, default in OPTIONS}
 # The options that define the encoding's values (the rest say where and how strongly pe is added).
-ENCODING = ("base", "layout", "frequencies", "min_timescale", "max_timescale", "precise_angle")
+ENCODING = ("base", "layout", "frequencies", "min_timescale", "max_timescale", "frequency_rounding", "inv_freq",
+            "precise_angle")
+# The options a caller's frequencies (inv_freq) replace, which must then keep their defaults.
+RECIPE = ("base", "frequencies", "min_timescale", "max_timescale", "frequency_rounding")
 
 
 def _literal(value) -> str:

@@ -15,7 +15,8 @@ import pe_ext
 from tests.sinusoidal.oracle import oracle_add, tolerance
 
 D_MODEL, MAX_LEN = 16, 64
-BUFFERS = ["persistent", "non_persistent", "none"]
+# The module's table modes, as its keywords.
+BUFFERS = {"persistent": {}, "non_persistent": {"persistent": False}, "none": {"buffer": "none"}}
 LENGTHS = [5, 7, 12, 30, 64]  # no 0 or 1: torch.compile specializes those sizes by design
 
 
@@ -32,7 +33,7 @@ class Model(nn.Module):
     def __init__(self, buffer="persistent", batch_first=True):
         super().__init__()
         self.inp = nn.Linear(8, D_MODEL)
-        self.pos = pe_ext.PositionalEncoding(D_MODEL, MAX_LEN, buffer=buffer, batch_first=batch_first, scale=4.0)
+        self.pos = pe_ext.PositionalEncoding(D_MODEL, MAX_LEN, **BUFFERS[buffer], batch_first=batch_first, scale=4.0)
         self.out = nn.Linear(D_MODEL, 3)
 
     def forward(self, x):
@@ -65,7 +66,7 @@ class GraphRecorder:
 @pytest.mark.parametrize("buffer", BUFFERS)
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_module_compiles_in_one_graph_without_recompiling_per_length(buffer, batch_first):
-    module = pe_ext.PositionalEncoding(D_MODEL, MAX_LEN, buffer=buffer, batch_first=batch_first, scale=2.0)
+    module = pe_ext.PositionalEncoding(D_MODEL, MAX_LEN, **BUFFERS[buffer], batch_first=batch_first, scale=2.0)
     recorder = GraphRecorder()
     compiled = torch.compile(module, backend=recorder, fullgraph=True)  # fullgraph: a graph break is an error
     for seq_len in LENGTHS:
@@ -183,7 +184,7 @@ def test_exported_program_saves_and_loads():
 def test_cuda_graph_capture_and_replay(buffer):
     """Forward (table or on the fly), in-place add and table build captured in one graph; each replay reads the new
     contents of the static input and matches eager and the oracle."""
-    module = pe_ext.PositionalEncoding(64, max_len=256, buffer=buffer, scale=2.0).cuda()
+    module = pe_ext.PositionalEncoding(64, max_len=256, **BUFFERS[buffer], scale=2.0).cuda()
     static_x = torch.randn(4, 100, 64, device="cuda")
     static_table = torch.empty(50, 64, device="cuda")
 

@@ -9,19 +9,22 @@ import torch
 from torch import nn
 
 import pe_ext
-from tests.sinusoidal.oracle import ClassicPositionalEncoding, oracle_add, oracle_pe, tolerance
+from tests.sinusoidal.oracle import (
+    ClassicPositionalEncoding,
+    RowsPositionalEncoding,
+    SeqFirstPositionalEncoding,
+    float32_ulps,
+    oracle_add,
+    tolerance,
+)
 
 
-def test_buffer_matches_classic_table_to_float32_rounding():
+def test_buffer_matches_classic_table_to_sin_cos_rounding():
     ours, classic = pe_ext.PositionalEncoding(512, max_len=5000), ClassicPositionalEncoding(512, max_len=5000)
     assert ours.pe.shape == classic.pe.shape == (1, 5000, 512)
     assert ours.pe.dtype == torch.float32 and not ours.pe.requires_grad
-    # Both round the angle pos * freq to float32: they differ by at most a few float32 ulps of the angle.
-    angle_ulp = torch.arange(5000.0).reshape(1, -1, 1) * 2.0**-23
-    assert ((ours.pe - classic.pe).abs() <= 4 * angle_ulp + 1e-6).all()
-    # ...and ours is at least as close to the float64 truth.
-    truth = oracle_pe(torch.arange(5000), 512)
-    assert (ours.pe[0].double() - truth).abs().mean() <= (classic.pe[0].double() - truth).abs().mean()
+    # The same float32 frequencies and angles: only sin and cos round differently.
+    assert float32_ulps(ours.pe, classic.pe).max() <= 2
 
 
 def test_state_dict_round_trips_with_classic_module():
@@ -35,10 +38,11 @@ def test_state_dict_round_trips_with_classic_module():
     assert torch.equal(fresh_classic.pe, pe_ext.PositionalEncoding(64, max_len=100).pe)
 
 
-@pytest.mark.parametrize("buffer", ["persistent", "non_persistent", "none"])
+@pytest.mark.parametrize("buffer", [{}, {"persistent": False}, {"buffer": "none"}], ids=["persistent",
+                                                                                       "non_persistent", "none"])
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_forward_matches_oracle_in_every_mode(buffer, batch_first):
-    module = pe_ext.PositionalEncoding(48, max_len=300, buffer=buffer, batch_first=batch_first)
+    module = pe_ext.PositionalEncoding(48, max_len=300, **buffer, batch_first=batch_first)
     x = torch.randn(4, 300, 48) if batch_first else torch.randn(300, 4, 48)
     atol, rtol = tolerance(torch.float32, 300, 4.0)
     expected = oracle_add(x, seq_dim=1 if batch_first else 0)
@@ -50,7 +54,7 @@ def test_forward_matches_oracle_in_every_mode(buffer, batch_first):
 
 def test_buffer_modes_and_state_dict():
     assert "pe" in pe_ext.PositionalEncoding(8, 10).state_dict()
-    non_persistent = pe_ext.PositionalEncoding(8, 10, buffer="non_persistent")
+    non_persistent = pe_ext.PositionalEncoding(8, 10, persistent=False)
     assert "pe" not in non_persistent.state_dict() and non_persistent.pe.shape == (1, 10, 8)
     assert "pe" in dict(non_persistent.named_buffers())
     without = pe_ext.PositionalEncoding(8, 10, buffer="none")
@@ -125,7 +129,7 @@ def test_invalid_construction_arguments():
 
 def test_reset_table_after_meta_construction():
     with torch.device("meta"):
-        module = pe_ext.PositionalEncoding(16, max_len=40, buffer="non_persistent")
+        module = pe_ext.PositionalEncoding(16, max_len=40, persistent=False)
     assert module.pe.is_meta
     module = module.to_empty(device="cpu")
     module.reset_table()
@@ -139,7 +143,7 @@ def test_meta_built_model_materializes_like_a_fresh_one():
         return nn.ModuleDict({
             "proj": nn.Linear(16, 16),
             "saved": pe_ext.PositionalEncoding(16, max_len=40),
-            "computed": pe_ext.PositionalEncoding(16, max_len=50, buffer="non_persistent", batch_first=False,
+            "computed": pe_ext.PositionalEncoding(16, max_len=50, persistent=False, batch_first=False,
                                                   scale=4.0, base=500.0),
             "on_the_fly": pe_ext.PositionalEncoding(16, buffer="none"),
         })
@@ -162,3 +166,68 @@ def test_meta_built_model_materializes_like_a_fresh_one():
     x = torch.randn(3, 40, 16)
     for name in ("saved", "computed", "on_the_fly"):
         torch.testing.assert_close(model[name](model["proj"](x)), fresh[name](fresh["proj"](x)), atol=0, rtol=0)
+
+
+# Checkpoints in every shape real code saves, by the module that saves it, and the convention of ours that loads it.
+CHECKPOINTS = {
+    "seed_1_L_D": (ClassicPositionalEncoding, {"batch_first": True}, lambda pe: pe[0]),
+    "tutorial_L_1_D": (SeqFirstPositionalEncoding, {"batch_first": False}, lambda pe: pe[:, 0]),
+    "rows_L_D": (RowsPositionalEncoding, {"batch_first": True}, lambda pe: pe),
+}
+
+
+@pytest.mark.parametrize("kind", CHECKPOINTS)
+@pytest.mark.parametrize("their_len", [60, 300])  # shorter and longer than ours
+def test_checkpoints_load_both_ways(kind, their_len):
+    theirs_class, convention, rows_of = CHECKPOINTS[kind]
+    theirs = theirs_class(16, their_len)
+    with torch.no_grad():
+        theirs.pe.add_(torch.randn_like(theirs.pe) * 1e-3)  # a trained table: its values must survive as loaded
+    ours = pe_ext.PositionalEncoding(16, 200, **convention)
+    ours.load_state_dict(theirs.state_dict())
+    loaded = rows_of(theirs.pe)
+    assert ours.max_len == max(200, their_len) and torch.equal(ours.pe[0, :their_len], loaded)
+    if their_len < 200:  # extended with computed rows up to its own max_len
+        assert torch.equal(ours.pe[0, their_len:], pe_ext.sinusoidal_table(200 - their_len, 16, offset=their_len))
+    x = torch.randn(3, 50, 16) if convention["batch_first"] else torch.randn(50, 3, 16)
+    assert torch.equal(ours(x), theirs(x))  # the same table rows, the same float32 add
+    # and back: ours saves in the shape it loaded, which their module (of ours' length) loads strictly
+    back = theirs_class(16, ours.max_len)
+    back.load_state_dict(ours.state_dict(), strict=True)
+    assert torch.equal(rows_of(back.pe), ours.pe[0])
+
+
+@pytest.mark.parametrize("kind", CHECKPOINTS)
+def test_fresh_modules_save_what_the_classic_modules_load(kind):
+    """A fresh module saves its convention's shape (batch_first: the seed's; seq-first: the tutorial's), or the one
+    its checkpoint_shape names."""
+    theirs_class, convention, rows_of = CHECKPOINTS[kind]
+    ours = pe_ext.PositionalEncoding(16, 100, **convention)
+    if kind == "rows_L_D":
+        ours.checkpoint_shape = "(max_len, d_model)"
+    theirs = theirs_class(16, 100)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    assert float32_ulps(rows_of(theirs.pe), rows_of(theirs_class(16, 100).pe)).max() <= 2
+
+
+def test_a_grown_table_reloads_into_a_fresh_module_and_growing_keeps_loaded_rows():
+    grown = pe_ext.PositionalEncoding(16, 10, grow=True)
+    x = torch.randn(2, 50, 16)
+    out = grown(x)
+    assert grown.max_len == 50
+    fresh = pe_ext.PositionalEncoding(16, 10)
+    fresh.load_state_dict(grown.state_dict())
+    assert fresh.max_len == 50 and torch.equal(fresh(x), out)
+    trained = torch.randn(1, 10, 16)
+    growing = pe_ext.PositionalEncoding(16, 10, grow=True)
+    growing.load_state_dict({"pe": trained})
+    growing(x)
+    assert growing.max_len == 50 and torch.equal(growing.pe[:, :10], trained)
+    assert torch.equal(growing.pe[0, 10:], pe_ext.sinusoidal_table(40, 16, offset=10))
+
+
+def test_non_persistent_table_moves_but_is_not_saved():
+    module = pe_ext.PositionalEncoding(8, 10, persistent=False)
+    assert "pe" not in module.state_dict() and "pe" in dict(module.named_buffers())
+    assert module.to(torch.float64).pe.dtype == torch.float64 and module.to("meta").pe.is_meta
+    assert list(pe_ext.PositionalEncoding(8, 10, buffer="none").state_dict()) == []

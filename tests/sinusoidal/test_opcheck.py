@@ -91,6 +91,15 @@ def test_opcheck_add_pe(device):
                                    if kw_name not in skipped])
 
 
+@pytest.mark.skipif(FORCED_FALLBACK, reason="the fallback reads positions to check them (see test_opcheck_add_pe)")
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_fractional_negative_positions_and_given_frequencies(device):
+    x = torch.randn(2, 5, 8, device=device, requires_grad=True)
+    kwargs = {"positions": torch.rand(2, 5, device=device) * 100 - 50, "inv_freq": torch.rand(4, device=device),
+              "layout": "concatenated_cos_first", "alpha": torch.tensor(0.5, device=device, requires_grad=True)}
+    check_all(OPS.add_pe.default, [("fractional", (x, None, -3, 1.5, 1), kwargs)])
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_add_pe_inplace(device):
     check_all(OPS.add_pe_.default, [(f"{name}-{kw_name}", (x.clone(), table, offset, 0.5, seq_dim), kwargs)

@@ -140,6 +140,8 @@ def test_outputs_larger_than_the_cache_are_streamed_correctly(dtype, dropout):
         check(out, x, offset=5)
     else:
         reference = pe_ext.sinusoidal.fallback.add_pe(x, None, 5, 1.0, 1, dropout=dropout, seed=3)
-        assert torch.equal(out == 0, reference == 0)
         atol, rtol = tolerance(dtype, 5 + x.shape[1], 4.0 / (1 - dropout))
+        # The same mask, except where x + pe cancels to within rounding (x = 1.0 against pe = -0.99999994).
+        kept_apart = reference.double().abs() > atol
+        assert torch.equal((out == 0)[kept_apart], (reference == 0)[kept_apart])
         torch.testing.assert_close(out.double(), reference.double(), atol=atol, rtol=rtol)
