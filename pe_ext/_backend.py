@@ -45,7 +45,8 @@ elif not _C.built_with_cuda():
 class Family:
     """An op family as the fallback sees it: its schemas and its reference kernels by op name. The ops named in
     `composite` are composites of torch ops, registered as CompositeImplicitAutograd when no compiled library is
-    loaded (autograd, meta and torch.compile then come from the ops they are made of)."""
+    loaded (autograd, version counters of written tensors, meta and torch.compile then come from the ops they are
+    made of)."""
 
     schemas: dict[str, str]
     reference_kernels: dict[str, Callable]

@@ -118,16 +118,6 @@ void check_out(const at::Tensor& out, const at::Tensor& x) {
   check_same_device(out, "out", x, "x");
 }
 
-void check_writes_untracked(const at::Tensor& x, const c10::optional<at::Tensor>& table,
-                            const SinusoidalOptions& options, const at::Tensor& out, Write write) {
-  const char* op = write == Write::kInPlace ? "add_pe_ (in place)" : "add_pe_out (out=)";
-  constexpr const char* kAlternative = "add_sinusoidal_pe";
-  check_untracked(x, "x", op, kAlternative);
-  check_untracked(table, "table", op, kAlternative);
-  check_untracked(options.alpha, "alpha", op, kAlternative);
-  if (write == Write::kOut) check_untracked(out, "out", op, kAlternative);
-}
-
 }  // namespace
 
 SinusoidalProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset,
@@ -136,7 +126,6 @@ SinusoidalProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Te
   check_x(x, seq_dim, scale);
   const EncodingSpec spec = make_spec(options, x.size(-1));
   check_out(out, x);
-  if (write != Write::kNew) check_writes_untracked(x, table, options, out, write);
   const char* out_name = write == Write::kInPlace ? "x" : "out";
   check_distinct_elements(out, out_name);
   if (write != Write::kInPlace) check_no_shared_memory(out, "out", x, "x");
@@ -169,8 +158,6 @@ SinusoidalProblem prepare_fill_table(const at::Tensor& out, int64_t offset, cons
   TORCH_CHECK_VALUE(out.dim() == 2, "pe_ext: out must be 2-D (num_positions, d_model), got shape ", out.sizes());
   check_supported_dtype(out, "out");
   const EncodingSpec spec = make_spec(options, out.size(1));
-  check_untracked(out, "out", "fill_table_", "add_sinusoidal_pe");
-  check_untracked(options.alpha, "alpha", "fill_table_", "add_sinusoidal_pe");
   check_distinct_elements(out, "out");
   SinusoidalProblem p;
   p.out = out.unsqueeze(0);

@@ -17,7 +17,8 @@ from .._checks import (
     check_offset,
     check_same_device,
     check_supported_dtype,
-    check_untracked,
+    check_untracked_out,
+    check_writable,
 )
 from . import reference
 
@@ -125,16 +126,16 @@ def check_add_pe(x: Tensor, table: Tensor | None, offset: int, scale: float, seq
     """add_pe's checks, in csrc/sinusoidal/ops.cpp's order. has_storage=False (fake tensors, which hold no data)
     leaves out those that read addresses or values. Returns (seq_dim, offset + positions or None, one past the
     largest position)."""
+    # What the compiled ops check in their Autograd and ADInplaceOrView kernels comes first, as there.
+    if write == OUT:
+        check_untracked_out({"x": x, "table": table, "out": out, "alpha": options["alpha"]}, "pe_ext::add_pe_out")
+    written, written_name = (x, "x") if write == IN_PLACE else (out, "out")
+    if written is not None:
+        check_writable(written, written_name)
     dim = _checked_seq_dim(x, seq_dim, scale)
     _check_encoding(x.shape[-1], options)
     if write == OUT:
         _check_out(out, x)
-    if write != NEW:
-        op = "add_pe_ (in place)" if write == IN_PLACE else "add_pe_out (out=)"
-        for name, t in (("x", x), ("table", table), ("alpha", options["alpha"])) + ((("out", out),) if write == OUT
-                                                                                     else ()):
-            check_untracked(t, name, op, "add_sinusoidal_pe")
-    written, written_name = (x, "x") if write == IN_PLACE else (out, "out")
     if written is not None and has_storage:
         check_distinct_elements(written, written_name)
         if write == OUT:
@@ -152,12 +153,11 @@ def check_add_pe(x: Tensor, table: Tensor | None, offset: int, scale: float, seq
 def check_fill_table(out: Tensor, offset: int, options: dict, has_storage: bool = True):
     """fill_table_'s checks, in csrc/sinusoidal/ops.cpp's order (has_storage: as in check_add_pe). Returns
     offset + positions, or None."""
+    check_writable(out, "out")
     if out.dim() != 2:
         raise ValueError(f"pe_ext: out must be 2-D (num_positions, d_model), got shape {list(out.shape)}")
     check_supported_dtype(out, "out")
     _check_encoding(out.shape[1], options)
-    check_untracked(out, "out", "fill_table_", "add_sinusoidal_pe")
-    check_untracked(options["alpha"], "alpha", "fill_table_", "add_sinusoidal_pe")
     if has_storage:
         check_distinct_elements(out, "out")
     _check_padding_and_dropout(options)

@@ -20,7 +20,7 @@ from .. import _backend
 from .._checks import INT64_MAX, SUPPORTED_DTYPES
 from . import checks, fallback, schema
 
-_backend.register_family("sinusoidal", _backend.Family(schema.SCHEMAS, fallback.KERNELS, composite={"add_pe"}))
+_backend.register_family("sinusoidal", _backend.Family(schema.SCHEMAS, fallback.KERNELS, composite=set(fallback.KERNELS)))
 
 
 def _seq_dim(x: Tensor, batch_first: bool) -> int:
@@ -107,7 +107,8 @@ def add_sinusoidal_pe_(x: Tensor, table: Tensor | None = None, *, offset: int = 
                        alpha: float | Tensor = 1.0, positions: Tensor | None = None,
                        start_positions: Tensor | None = None, padding_idx: int = -1, batch_first: bool = True,
                        **encoding) -> Tensor:
-    """add_sinusoidal_pe written into x, which is returned. Refuses tensors that autograd tracks."""
+    """add_sinusoidal_pe written into x, which is returned. Autograd records it as torch records its own in-place
+    ops (a leaf that requires grad is refused, tensors saved for backward are checked)."""
     seq_dim = _seq_dim(x, batch_first)
     keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx), **encoding}
     torch.ops.pe_ext.add_pe_.default(x, table, _checked_offset(offset), scale, seq_dim, **keywords)
@@ -145,27 +146,25 @@ def make_positions(tokens: Tensor, padding_idx: int) -> Tensor:
 
 
 # The fake kernels serve torch.compile and meta tensors (and calls mixing them with real ones, which dispatch here):
-# they run the ops' checks, all but those that read addresses or values.
-if _backend.has_extension():  # the fallback's add_pe is a composite of torch ops, which brings its own
+# they run the ops' checks, all but those that read addresses or values. The fallback's ops are composites of torch
+# ops, which bring their own.
+if _backend.has_extension():
     @torch.library.register_fake("pe_ext::add_pe")
     def _add_pe_fake(x, table=None, offset=0, scale=1.0, seq_dim=1, **options):
         checks.check_add_pe(x, table, offset, scale, seq_dim, schema.with_defaults(**options), None, checks.NEW,
                             has_storage=False)
         return torch.empty_like(x)
 
+    @torch.library.register_fake("pe_ext::add_pe_")
+    def _add_pe_inplace_fake(x, table=None, offset=0, scale=1.0, seq_dim=1, **options):
+        checks.check_add_pe(x, table, offset, scale, seq_dim, schema.with_defaults(**options), None, checks.IN_PLACE,
+                            has_storage=False)
 
-@torch.library.register_fake("pe_ext::add_pe_")
-def _add_pe_inplace_fake(x, table=None, offset=0, scale=1.0, seq_dim=1, **options):
-    checks.check_add_pe(x, table, offset, scale, seq_dim, schema.with_defaults(**options), None, checks.IN_PLACE,
-                        has_storage=False)
+    @torch.library.register_fake("pe_ext::add_pe_out")
+    def _add_pe_out_fake(x, table, offset, scale, seq_dim, out, **options):
+        checks.check_add_pe(x, table, offset, scale, seq_dim, schema.with_defaults(**options), out, checks.OUT,
+                            has_storage=False)
 
-
-@torch.library.register_fake("pe_ext::add_pe_out")
-def _add_pe_out_fake(x, table, offset, scale, seq_dim, out, **options):
-    checks.check_add_pe(x, table, offset, scale, seq_dim, schema.with_defaults(**options), out, checks.OUT,
-                        has_storage=False)
-
-
-@torch.library.register_fake("pe_ext::fill_table_")
-def _fill_table_fake(out, offset=0, **options):
-    checks.check_fill_table(out, offset, schema.with_defaults(**options), has_storage=False)
+    @torch.library.register_fake("pe_ext::fill_table_")
+    def _fill_table_fake(out, offset=0, **options):
+        checks.check_fill_table(out, offset, schema.with_defaults(**options), has_storage=False)
