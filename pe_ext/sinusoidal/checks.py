@@ -57,11 +57,23 @@ def _check_out(out: Tensor, x: Tensor) -> None:
     check_same_device(out, "out", x, "x")
 
 
-def _check_padding_and_dropout(options: dict) -> None:
+def _check_padding_and_dropout(options: dict, like: Tensor) -> None:
     if options["padding_idx"] < -1:
         raise ValueError(f"pe_ext: padding_idx must be >= 0, or -1 for none; got {options['padding_idx']}")
     if not 0 <= options["dropout"] < 1:
         raise ValueError(f"pe_ext: dropout must be in [0, 1), got {options['dropout']}")
+    seed = options["seed"]
+    if seed is None:
+        if options["dropout"] > 0:
+            raise ValueError("pe_ext: dropout > 0 needs seed, a one-element int64 tensor, e.g. "
+                             "torch.randint(2**63 - 1, ())")
+        return
+    if seed.dtype != torch.int64:
+        raise TypeError(f"pe_ext: seed must be an int64 tensor, got {seed.dtype}")
+    if seed.numel() != 1:
+        raise ValueError(f"pe_ext: seed must hold one value, got shape {list(seed.shape)}")
+    if seed.device.type != "cpu" and seed.device != like.device:
+        raise ValueError(f"pe_ext: seed is on {seed.device} but must be on the CPU or on x's device ({like.device})")
 
 
 def _check_alpha(alpha: Tensor | None, like: Tensor) -> None:
@@ -140,7 +152,7 @@ def check_add_pe(x: Tensor, table: Tensor | None, offset: int, scale: float, seq
         check_distinct_elements(written, written_name)
         if write == OUT:
             check_no_shared_memory(out, "out", x, "x")
-    _check_padding_and_dropout(options)
+    _check_padding_and_dropout(options, x)
     _check_alpha(options["alpha"], x)
     ids, last_position = _checked_positions(options, x, x.shape[:-1], x.shape[dim], offset, has_storage)
     if table is not None:
@@ -160,7 +172,7 @@ def check_fill_table(out: Tensor, offset: int, options: dict, has_storage: bool 
     _check_encoding(out.shape[1], options)
     if has_storage:
         check_distinct_elements(out, "out")
-    _check_padding_and_dropout(options)
+    _check_padding_and_dropout(options, out)
     _check_alpha(options["alpha"], out)
     ids, _ = _checked_positions(options, out, out.shape[:-1], out.shape[0], offset, has_storage)
     return ids

@@ -69,12 +69,26 @@ def _position_keywords(x: Tensor, seq_dim: int, alpha: float | Tensor, positions
     return keywords
 
 
-def _dropout_keywords(dropout: float, generator: torch.Generator | None) -> dict:
-    """The ops' dropout keywords. The seed comes from torch's CPU generator whatever the device, so the same
-    torch.manual_seed gives the same mask on CPU and on CUDA."""
+def _dropout_keywords(x: Tensor, dropout: float, generator: torch.Generator | None) -> dict:
+    """The ops' dropout keywords, with a fresh seed: a tensor drawn by torch.randint, which torch.compile and
+    torch.export trace into the graph (each call of the compiled or exported graph draws its own), never read in
+    Python. It comes from torch's CPU generator whatever x's device, so that the same torch.manual_seed gives the same
+    mask on CPU and on CUDA; from `generator`, on its device, when given; and from x's CUDA generator while a CUDA
+    graph is being captured, so that each replay draws a new seed (the kernel reads it from device memory)."""
     if dropout == 0:
         return {}
-    return {"dropout": dropout, "seed": int(torch.randint(0, 2**63 - 1, (), generator=generator))}
+    device = "cpu" if generator is None else generator.device
+    if generator is None and x.is_cuda and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing():
+        device = x.device
+    return {"dropout": dropout, "seed": torch.randint(0, 2**63 - 1, (), generator=generator, device=device)}
+
+
+def _checked_scale(scale: float) -> float:
+    # torch's argument parser would turn a 0-dim tensor into a float, silently dropping its gradient.
+    if isinstance(scale, Tensor):
+        raise TypeError("pe_ext: scale must be a number, got a Tensor (a tensor's gradient would be lost); for a "
+                        "learnable factor on pe pass alpha=, and multiply x by a learnable factor yourself")
+    return scale
 
 
 def add_sinusoidal_pe(x: Tensor, table: Tensor | None = None, *, offset: int = 0, scale: float = 1.0,
@@ -94,9 +108,9 @@ def add_sinusoidal_pe(x: Tensor, table: Tensor | None = None, *, offset: int = 0
     given, else computed on the fly with no length limit. `out`, if given, is written and returned (no autograd,
     as with torch's out= arguments).
     """
-    seq_dim, offset = _seq_dim(x, batch_first), _checked_offset(offset)
+    seq_dim, offset, scale = _seq_dim(x, batch_first), _checked_offset(offset), _checked_scale(scale)
     keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx),
-                **_dropout_keywords(dropout, generator), **encoding}
+                **_dropout_keywords(x, dropout, generator), **encoding}
     if out is None:
         return torch.ops.pe_ext.add_pe.default(x, table, offset, scale, seq_dim, **keywords)
     torch.ops.pe_ext.add_pe_out.default(x, table, offset, scale, seq_dim, out, **keywords)
@@ -111,7 +125,7 @@ def add_sinusoidal_pe_(x: Tensor, table: Tensor | None = None, *, offset: int = 
     ops (a leaf that requires grad is refused, tensors saved for backward are checked)."""
     seq_dim = _seq_dim(x, batch_first)
     keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx), **encoding}
-    torch.ops.pe_ext.add_pe_.default(x, table, _checked_offset(offset), scale, seq_dim, **keywords)
+    torch.ops.pe_ext.add_pe_.default(x, table, _checked_offset(offset), _checked_scale(scale), seq_dim, **keywords)
     return x
 
 

@@ -149,7 +149,7 @@ def test_forward_mode_tangents_match_numerical_derivatives(table, dropout):
     same dropout mask as the value."""
     x = torch.randn(2, 5, 8, dtype=F64, requires_grad=True)
     alpha = torch.tensor(0.7, dtype=F64, requires_grad=True)
-    seed = 11
+    seed = torch.tensor(11)
     inputs = (x, alpha, torch.randn(9, 8, dtype=F64, requires_grad=True)) if table else (x, alpha)
 
     def f(x, alpha, table=None):
