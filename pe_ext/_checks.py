@@ -49,6 +49,11 @@ def _share_memory(a: Tensor, b: Tensor) -> bool:
     return a0 < b1 and b0 < a1
 
 
+def has_visible_memory(*tensors: Tensor | None) -> bool:
+    """Whether the tensors' addresses can be read: not functorch's wrappers (vmap, grad), which hide their storage."""
+    return not any(t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
 def check_no_shared_memory(written: Tensor, name: str, read: Tensor, read_name: str) -> None:
     if _share_memory(written, read):
         raise ValueError(f"pe_ext: {name}'s memory overlaps {read_name}'s, which the op still reads while writing "

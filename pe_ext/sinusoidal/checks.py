@@ -19,6 +19,7 @@ from .._checks import (
     check_supported_dtype,
     check_untracked_out,
     check_writable,
+    has_visible_memory,
 )
 from . import reference
 
@@ -136,7 +137,8 @@ def _check_table(table: Tensor, x: Tensor, d_model: int, last_position: int) -> 
 def check_add_pe(x: Tensor, table: Tensor | None, offset: int, scale: float, seq_dim: int, options: dict,
                  out: Tensor | None, write: str, has_storage: bool = True):
     """add_pe's checks, in csrc/sinusoidal/ops.cpp's order. has_storage=False (fake tensors, which hold no data)
-    leaves out those that read addresses or values. Returns (seq_dim, offset + positions or None, one past the
+    leaves out those that read addresses or values; functorch's wrappers (vmap's, for the composites that serve as
+    batching rules) hide addresses only. Returns (seq_dim, offset + positions or None, one past the
     largest position)."""
     # What the compiled ops check in their Autograd and ADInplaceOrView kernels comes first, as there.
     if write == OUT:
@@ -148,7 +150,8 @@ def check_add_pe(x: Tensor, table: Tensor | None, offset: int, scale: float, seq
     _check_encoding(x.shape[-1], options)
     if write == OUT:
         _check_out(out, x)
-    if written is not None and has_storage:
+    addresses = has_storage and has_visible_memory(x, out, table)
+    if written is not None and addresses:
         check_distinct_elements(written, written_name)
         if write == OUT:
             check_no_shared_memory(out, "out", x, "x")
@@ -157,7 +160,7 @@ def check_add_pe(x: Tensor, table: Tensor | None, offset: int, scale: float, seq
     ids, last_position = _checked_positions(options, x, x.shape[:-1], x.shape[dim], offset, has_storage)
     if table is not None:
         _check_table(table, x, x.shape[-1], last_position)
-        if written is not None and has_storage:
+        if written is not None and addresses:
             check_no_shared_memory(written, written_name, table, "table")
     return dim, ids, last_position
 
@@ -170,7 +173,7 @@ def check_fill_table(out: Tensor, offset: int, options: dict, has_storage: bool 
         raise ValueError(f"pe_ext: out must be 2-D (num_positions, d_model), got shape {list(out.shape)}")
     check_supported_dtype(out, "out")
     _check_encoding(out.shape[1], options)
-    if has_storage:
+    if has_storage and has_visible_memory(out):
         check_distinct_elements(out, "out")
     _check_padding_and_dropout(options, out)
     _check_alpha(options["alpha"], out)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -34,12 +35,12 @@ WRITES = {
 }
 
 
-def reference_add(x, table=None, offset=0, scale=1.0, alpha=1.0):
-    """x * scale + alpha * pe in torch ops (batch-first), pe from `table` or the float64 oracle: the re-implementation
-    that torch's autograd and torch.func differentiate for comparison."""
-    seq_len, d_model = x.shape[-2], x.shape[-1]
+def reference_add(x, table=None, offset=0, scale=1.0, alpha=1.0, seq_first=False):
+    """x * scale + alpha * pe in torch ops, pe from `table` or the float64 oracle, positions along dimension -2 (-3
+    when seq_first): the re-implementation that torch's autograd and torch.func differentiate for comparison."""
+    seq_len, d_model = x.shape[-3 if seq_first else -2], x.shape[-1]
     rows = table[offset : offset + seq_len] if table is not None else oracle_pe(range(offset, offset + seq_len), d_model)
-    return x * scale + alpha * rows
+    return x * scale + alpha * (rows.unsqueeze(1) if seq_first else rows)
 
 
 # The writing forms under autograd
@@ -196,6 +197,39 @@ def test_every_torch_func_transform_matches_torch_ops(table):
     same(lambda f: torch.func.jacfwd(f, argnums=argnums)(x, rows, alpha))
     same(lambda f: torch.func.hessian(lambda a: f(x, rows, a))(alpha))
     same(lambda f: torch.func.vmap(torch.func.grad(f, argnums=argnums), in_dims=(0, None, None))(x, rows, alpha))
+
+
+def test_vmap_of_every_op_computes_each_sample():
+    """vmap of each op against the torch-ops re-implementation (or, with dropout, the op on each sample: vmap's
+    definition), x vmapped along any dimension, other arguments vmapped too; the compiled ops without torch's slow
+    loop fallback (which warns, and refuses ops that write their arguments)."""
+    vmap = torch.func.vmap
+    x = torch.randn(3, 2, 4, 6, dtype=F64)  # 3 samples of (2, 4, 6)
+    with warnings.catch_warnings():
+        if not FORCED_FALLBACK:
+            warnings.filterwarnings("error", message=".*performance drop")
+        for batch_first in (True, False):
+            got = vmap(lambda t, bf=batch_first: pe_ext.add_sinusoidal_pe(t, offset=1, scale=1.5, batch_first=bf))(x)
+            torch.testing.assert_close(got, reference_add(x, offset=1, scale=1.5, seq_first=not batch_first))
+        torch.testing.assert_close(vmap(pe_ext.add_sinusoidal_pe, in_dims=1)(x), reference_add(x.transpose(0, 1)))
+        alphas, ids = torch.randn(3, dtype=F64), torch.randint(0, 30, (3, 4))
+        got = vmap(lambda t, a, p: pe_ext.add_sinusoidal_pe(t, alpha=a, positions=p))(x[:, 0], alphas, ids)
+        torch.testing.assert_close(got, x[:, 0] + alphas[:, None, None] * oracle_pe(ids.reshape(-1), 6).view(3, 4, 6))
+        seed = torch.tensor(9)
+        got = vmap(lambda t: torch.ops.pe_ext.add_pe(t, None, 0, 1.0, 1, dropout=0.5, seed=seed))(x)
+        torch.testing.assert_close(got, torch.stack([torch.ops.pe_ext.add_pe(t, None, 0, 1.0, 1, dropout=0.5, seed=seed)
+                                                     for t in x]))
+        written = x.clone()
+        vmap(lambda t: pe_ext.add_sinusoidal_pe_(t, offset=2))(written)
+        torch.testing.assert_close(written, reference_add(x, offset=2))
+        out = torch.empty_like(x)
+        vmap(lambda t, o: pe_ext.add_sinusoidal_pe(t, out=o))(x, out)
+        torch.testing.assert_close(out, reference_add(x))
+        tables = torch.empty(3, 5, 6, dtype=F64)
+        vmap(lambda o: fill_rows(o) or o)(tables)
+        torch.testing.assert_close(tables, oracle_pe(range(2, 7), 6).expand(3, 5, 6))
+    with pytest.raises(RuntimeError):  # one unbatched out cannot hold every sample's result
+        vmap(lambda t: pe_ext.add_sinusoidal_pe(t, out=torch.empty(2, 4, 6, dtype=F64)))(x)
 
 
 @pytest.mark.skipif(FORCED_FALLBACK, reason="already running under the fallback")
