@@ -17,10 +17,11 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from .._checks import INT64_MAX, SUPPORTED_DTYPES
+from .._checks import INT64_MAX, SUPPORTED_DTYPES, check_keywords
 from . import checks, fallback, schema
 
-_backend.register_family("sinusoidal", _backend.Family(schema.SCHEMAS, fallback.KERNELS, composite=set(fallback.KERNELS)))
+_backend.register_family("sinusoidal",
+                         _backend.Family(schema.SCHEMAS, fallback.KERNELS, composite=set(fallback.KERNELS)))
 
 
 def _seq_dim(x: Tensor, batch_first: bool) -> int:
@@ -32,6 +33,13 @@ def _checked_offset(offset: int) -> int:
     if isinstance(offset, int) and not -(2**63) <= offset <= INT64_MAX:
         raise ValueError(f"pe_ext: offset must be >= 0 and fit in int64, got {offset}")
     return offset
+
+
+def checked_encoding(encoding: dict, caller: str) -> dict:
+    """The encoding keywords (schema.ENCODING), any other name being a TypeError that names it."""
+    if encoding:
+        check_keywords(encoding, schema.ENCODING, caller)
+    return encoding
 
 
 def check_table_args(num_positions: int, d_model: int) -> None:
@@ -78,7 +86,8 @@ def _dropout_keywords(x: Tensor, dropout: float, generator: torch.Generator | No
     if dropout == 0:
         return {}
     device = "cpu" if generator is None else generator.device
-    if generator is None and x.is_cuda and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing():
+    capturing = x.is_cuda and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing()
+    if generator is None and capturing:
         device = x.device
     return {"dropout": dropout, "seed": torch.randint(0, 2**63 - 1, (), generator=generator, device=device)}
 
@@ -110,7 +119,7 @@ def add_sinusoidal_pe(x: Tensor, table: Tensor | None = None, *, offset: int = 0
     """
     seq_dim, offset, scale = _seq_dim(x, batch_first), _checked_offset(offset), _checked_scale(scale)
     keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx),
-                **_dropout_keywords(x, dropout, generator), **encoding}
+                **_dropout_keywords(x, dropout, generator), **checked_encoding(encoding, "add_sinusoidal_pe()")}
     if out is None:
         return torch.ops.pe_ext.add_pe.default(x, table, offset, scale, seq_dim, **keywords)
     torch.ops.pe_ext.add_pe_out.default(x, table, offset, scale, seq_dim, out, **keywords)
@@ -124,7 +133,8 @@ def add_sinusoidal_pe_(x: Tensor, table: Tensor | None = None, *, offset: int = 
     """add_sinusoidal_pe written into x, which is returned. Autograd records it as torch records its own in-place
     ops (a leaf that requires grad is refused, tensors saved for backward are checked)."""
     seq_dim = _seq_dim(x, batch_first)
-    keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx), **encoding}
+    keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx),
+                **checked_encoding(encoding, "add_sinusoidal_pe_()")}
     torch.ops.pe_ext.add_pe_.default(x, table, _checked_offset(offset), _checked_scale(scale), seq_dim, **keywords)
     return x
 
@@ -136,6 +146,7 @@ def sinusoidal_table(num_positions: int, d_model: int, *, offset: int = 0, dtype
     if dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"pe_ext: dtype must be float32, float64, float16 or bfloat16, got {dtype}")
     out = torch.empty(num_positions, d_model, dtype=dtype, device=device)
+    encoding = checked_encoding(encoding, "sinusoidal_table()")
     torch.ops.pe_ext.fill_table_.default(out, _checked_offset(offset), **encoding)
     return out
 
@@ -148,7 +159,7 @@ def sinusoidal_embedding(positions: Tensor, d_model: int, *, offset: int = 0, pa
         raise ValueError(f"pe_ext: d_model must be > 0, got {d_model}")
     out = torch.empty(positions.numel(), d_model, dtype=dtype, device=positions.device)
     torch.ops.pe_ext.fill_table_.default(out, offset, positions=positions.reshape(-1), padding_idx=padding_idx,
-                                         **encoding)
+                                         **checked_encoding(encoding, "sinusoidal_embedding()"))
     return out.reshape(*positions.shape, d_model)
 
 
