@@ -16,15 +16,6 @@ _BUFFER_MODES = ("persistent", "non_persistent", "none")
 # Growing a table (rare) is serialized, so that threads sharing a module build it once; one lock for every module
 # keeps modules picklable and copyable.
 _GROW_LOCK = threading.Lock()
-_ABSENT = object()
-
-
-def _registered(module: nn.Module, name: str, store: dict):
-    """A parameter or buffer, read from its dict when it is there (nn.Module's __getattr__ costs ~0.5 us), else as
-    an attribute: what torch.nn.utils.parametrize (which moves it under module.parametrizations) and other
-    attribute-level mechanisms expect."""
-    value = store.get(name, _ABSENT)
-    return getattr(module, name) if value is _ABSENT else value
 
 
 def _check_layer_args(layer: str, d_model, max_len, dropout, scale) -> None:
@@ -105,23 +96,29 @@ class PositionalEncoding(nn.Module):
                 start_positions: Tensor | None = None) -> Tensor:
         """x plus the encoding of positions offset, offset + 1, ... (offset serves incremental decoding), or of
         offset + positions (ids shaped like x without d_model), or of offset + start_positions[b] + l."""
-        # Decoding calls are overhead-bound: the buffer and parameter are read once, from their dicts when there.
-        pe, alpha = _registered(self, "pe", self._buffers), _registered(self, "alpha", self._parameters)
+        # Decoding calls are overhead-bound: the buffer and parameter are read once, from their dicts when there
+        # (nn.Module's __getattr__ costs ~0.5 us), else as attributes, as torch.nn.utils.parametrize expects.
+        # (.get(name, self.name) would pay the attribute lookup every call.) max_len is read before pe: growth
+        # assigns pe before max_len, so a table read after max_len has at least max_len rows, even while another
+        # thread grows it.
+        max_len, buffers, parameters = self.max_len, self._buffers, self._parameters
+        pe = buffers["pe"] if "pe" in buffers else self.pe  # noqa: SIM401
+        alpha = parameters["alpha"] if "alpha" in parameters else self.alpha  # noqa: SIM401
         if x.dim() in (2, 3):
             if x.shape[-1] != self.d_model:  # other ranks: the op names the problem
                 raise ValueError(f"pe_ext: x's last dimension ({x.shape[-1]}) must equal d_model ({self.d_model})")
             if pe is not None and positions is None and start_positions is None:
                 seq_len = x.shape[1 if x.dim() == 3 and self.batch_first else 0]
-                if offset + seq_len > pe.shape[1]:  # the table's own rows: another thread may be growing it
+                if offset + seq_len > max_len:
                     if not self.grow:
                         raise ValueError(
                             f"pe_ext: sequence of length {seq_len} at offset {offset} needs {offset + seq_len} "
-                            f"positions, more than max_len={pe.shape[1]}; build the module with a larger max_len, "
+                            f"positions, more than max_len={max_len}; build the module with a larger max_len, "
                             "grow=True or buffer='none'")
                     pe = self._grown_table(offset + seq_len)
             elif pe is not None and self.grow and not torch.compiler.is_compiling():
                 needed = self._positions_needed(x, offset, positions, start_positions)
-                if needed > pe.shape[1]:
+                if needed > max_len:
                     pe = self._grown_table(needed)
         # Dropout is fused into the add; self.dropout (an nn.Dropout, as in the tutorial module) holds p.
         return ops.add_sinusoidal_pe(x, pe, offset=offset, scale=self.scale, batch_first=self.batch_first,
@@ -139,10 +136,10 @@ class PositionalEncoding(nn.Module):
 
     def _grown_table(self, needed: int) -> Tensor:
         """A table of at least `needed` rows (twice the current ones, or as many as needed), built before it
-        replaces the registered buffer (same persistence, dtype and device), so that a concurrent call reads the
-        old table or the new one, never a table shorter than max_len says."""
+        replaces the registered buffer (same persistence, dtype and device), and max_len raised after that, so that
+        a concurrent call reads the old table or the new one, never a table shorter than the max_len it read."""
         with _GROW_LOCK:
-            pe = _registered(self, "pe", self._buffers)
+            pe = self.pe
             if pe.shape[1] >= needed:  # another thread grew it meanwhile
                 return pe
             rows = max(needed, 2 * pe.shape[1])

@@ -92,12 +92,17 @@ def _dropout_keywords(x: Tensor, dropout: float, generator: torch.Generator | No
     return {"dropout": dropout, "seed": torch.randint(0, 2**63 - 1, (), generator=generator, device=device)}
 
 
-def _checked_scale(scale: float) -> float:
+def _checked_call(offset: int, scale: float, encoding: dict, caller: str) -> int:
+    """The checks the ops cannot make (in one function: decoding calls are overhead-bound); returns offset."""
     # torch's argument parser would turn a 0-dim tensor into a float, silently dropping its gradient.
     if isinstance(scale, Tensor):
         raise TypeError("pe_ext: scale must be a number, got a Tensor (a tensor's gradient would be lost); for a "
                         "learnable factor on pe pass alpha=, and multiply x by a learnable factor yourself")
-    return scale
+    if encoding:
+        checked_encoding(encoding, caller)
+    if isinstance(offset, int) and not -(2**63) <= offset <= INT64_MAX:  # as _checked_offset, inlined
+        raise ValueError(f"pe_ext: offset must be >= 0 and fit in int64, got {offset}")
+    return offset
 
 
 def add_sinusoidal_pe(x: Tensor, table: Tensor | None = None, *, offset: int = 0, scale: float = 1.0,
@@ -117,9 +122,9 @@ def add_sinusoidal_pe(x: Tensor, table: Tensor | None = None, *, offset: int = 0
     given, else computed on the fly with no length limit. `out`, if given, is written and returned (no autograd,
     as with torch's out= arguments).
     """
-    seq_dim, offset, scale = _seq_dim(x, batch_first), _checked_offset(offset), _checked_scale(scale)
+    seq_dim, offset = _seq_dim(x, batch_first), _checked_call(offset, scale, encoding, "add_sinusoidal_pe()")
     keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx),
-                **_dropout_keywords(x, dropout, generator), **checked_encoding(encoding, "add_sinusoidal_pe()")}
+                **_dropout_keywords(x, dropout, generator), **encoding}
     if out is None:
         return torch.ops.pe_ext.add_pe.default(x, table, offset, scale, seq_dim, **keywords)
     torch.ops.pe_ext.add_pe_out.default(x, table, offset, scale, seq_dim, out, **keywords)
@@ -133,9 +138,9 @@ def add_sinusoidal_pe_(x: Tensor, table: Tensor | None = None, *, offset: int = 
     """add_sinusoidal_pe written into x, which is returned. Autograd records it as torch records its own in-place
     ops (a leaf that requires grad is refused, tensors saved for backward are checked)."""
     seq_dim = _seq_dim(x, batch_first)
-    keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx),
-                **checked_encoding(encoding, "add_sinusoidal_pe_()")}
-    torch.ops.pe_ext.add_pe_.default(x, table, _checked_offset(offset), _checked_scale(scale), seq_dim, **keywords)
+    offset = _checked_call(offset, scale, encoding, "add_sinusoidal_pe_()")
+    keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx), **encoding}
+    torch.ops.pe_ext.add_pe_.default(x, table, offset, scale, seq_dim, **keywords)
     return x
 
 
