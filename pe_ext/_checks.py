@@ -54,8 +54,12 @@ def _share_memory(a: Tensor, b: Tensor) -> bool:
 
 
 def has_visible_memory(*tensors: Tensor | None) -> bool:
-    """Whether the tensors' addresses can be read: not functorch's wrappers (vmap, grad), which hide their storage."""
-    return not any(t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+    """Whether the tensors' addresses can be read: not meta or fake tensors (torch.compile's), nor functorch's
+    wrappers (vmap, grad), which hide their storage."""
+    from torch._subclasses.fake_tensor import is_fake  # torch.compile's machinery, imported when first needed
+
+    return not any(t is not None and (t.is_meta or is_fake(t) or torch._C._functorch.is_functorch_wrapped_tensor(t))
+                   for t in tensors)
 
 
 def check_no_shared_memory(written: Tensor, name: str, read: Tensor, read_name: str) -> None:
