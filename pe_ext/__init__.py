@@ -2,10 +2,11 @@
 
 from . import rotary, sinusoidal
 from ._backend import backend, has_extension
+from .patch import patch
 from .rotary import *
 from .sinusoidal import *
 
-__all__ = ["backend", "has_extension"]
+__all__ = ["backend", "has_extension", "patch"]
 __all__ += rotary.__all__
 __all__ += sinusoidal.__all__
 __version__ = "0.1.0"
