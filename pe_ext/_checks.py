@@ -49,17 +49,37 @@ def _share_memory(a: Tensor, b: Tensor) -> bool:
     return a0 < b1 and b0 < a1
 
 
+def has_visible_memory(*tensors: Tensor | None) -> bool:
+    """Whether the tensors' addresses can be read: not functorch's wrappers (vmap, grad), which hide their storage."""
+    return not any(t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
 def check_no_shared_memory(written: Tensor, name: str, read: Tensor, read_name: str) -> None:
     if _share_memory(written, read):
         raise ValueError(f"pe_ext: {name}'s memory overlaps {read_name}'s, which the op still reads while writing "
                          f"{name}; pass a separate tensor (e.g. {read_name}.clone())")
 
 
-def check_untracked(t: Tensor | None, name: str, op: str, alternative: str) -> None:
-    """The writing forms have no autograd formula: refuse tensors autograd tracks, as torch's out= ops do."""
-    if t is not None and torch.is_grad_enabled() and t.requires_grad:
-        raise RuntimeError(f"pe_ext: {name} requires grad, but {op} has no autograd formula; use the out-of-place "
-                           f"{alternative}, or run under torch.no_grad()")
+def _tracked(t: Tensor | None) -> bool:
+    if t is None:
+        return False
+    return (t.requires_grad and torch.is_grad_enabled()) or torch.autograd.forward_ad.unpack_dual(t).tangent is not None
+
+
+def check_untracked_out(tensors: dict[str, Tensor | None], op: str) -> None:
+    """out= forms have no autograd formula: refuse tensors autograd tracks, as torch's out= ops do (the twin of
+    csrc/common/autograd.cpp's refuse_tracked_out)."""
+    for name, t in tensors.items():
+        if _tracked(t):
+            raise RuntimeError(f"pe_ext: {name} requires grad, but {op} (out=) has no autograd formula, as torch's out= "
+                               "forms have none; call the op without out=, or run under torch.no_grad()")
+
+
+def check_writable(t: Tensor, name: str) -> None:
+    """Inference tensors can be written only inside inference mode (checked before writing, unlike torch's ops)."""
+    if t.is_inference() and not torch.is_inference_mode_enabled():
+        raise RuntimeError(f"pe_ext: {name} is an inference tensor (made under torch.inference_mode()), which can be "
+                           "written only inside inference mode; write into a clone, or call under torch.inference_mode()")
 
 
 def check_offset(offset: int, count: int) -> None:

@@ -34,12 +34,28 @@ EncodingSpec make_spec(const SinusoidalOptions& o, int64_t d_model) {
   return timescale_spec(d_model, o.min_timescale, o.max_timescale, layout, o.precise_angle);
 }
 
-void attach_padding_and_dropout(SinusoidalProblem& p, const SinusoidalOptions& o) {
+// `like` is x (or out when building a table). A CPU seed is read here; one on x's device is read by the kernel, so
+// that a captured CUDA graph reads the seed each replay draws.
+void attach_padding_and_dropout(SinusoidalProblem& p, const SinusoidalOptions& o, const at::Tensor& like) {
   TORCH_CHECK_VALUE(o.padding_idx >= -1, "pe_ext: padding_idx must be >= 0, or -1 for none; got ", o.padding_idx);
   TORCH_CHECK_VALUE(o.dropout >= 0 && o.dropout < 1, "pe_ext: dropout must be in [0, 1), got ", o.dropout);
   p.padding_idx = o.padding_idx;
   p.dropout = o.dropout;
-  p.seed = static_cast<uint64_t>(o.seed);
+  const bool has_seed = o.seed.has_value() && o.seed->defined();
+  TORCH_CHECK_VALUE(has_seed || o.dropout == 0,
+                    "pe_ext: dropout > 0 needs seed, a one-element int64 tensor, e.g. torch.randint(2**63 - 1, ())");
+  if (!has_seed) return;
+  const at::Tensor& seed = *o.seed;
+  TORCH_CHECK_TYPE(seed.scalar_type() == at::kLong, "pe_ext: seed must be an int64 tensor, got ", seed.scalar_type());
+  TORCH_CHECK_VALUE(seed.numel() == 1, "pe_ext: seed must hold one value, got shape ", seed.sizes());
+  TORCH_CHECK_VALUE(seed.is_cpu() || seed.device() == like.device(), "pe_ext: seed is on ", seed.device(),
+                    " but must be on the CPU or on x's device (", like.device(), ")");
+  if (o.dropout == 0) return;
+  if (seed.is_cpu()) {
+    p.seed = static_cast<uint64_t>(*seed.const_data_ptr<int64_t>());
+  } else {
+    p.seed_on_device = seed.reshape({});
+  }
 }
 
 // `like` is x (or out when building a table): alpha lives on its device and is kept in its math dtype.
@@ -118,16 +134,6 @@ void check_out(const at::Tensor& out, const at::Tensor& x) {
   check_same_device(out, "out", x, "x");
 }
 
-void check_writes_untracked(const at::Tensor& x, const c10::optional<at::Tensor>& table,
-                            const SinusoidalOptions& options, const at::Tensor& out, Write write) {
-  const char* op = write == Write::kInPlace ? "add_pe_ (in place)" : "add_pe_out (out=)";
-  constexpr const char* kAlternative = "add_sinusoidal_pe";
-  check_untracked(x, "x", op, kAlternative);
-  check_untracked(table, "table", op, kAlternative);
-  check_untracked(options.alpha, "alpha", op, kAlternative);
-  if (write == Write::kOut) check_untracked(out, "out", op, kAlternative);
-}
-
 }  // namespace
 
 SinusoidalProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset,
@@ -136,7 +142,6 @@ SinusoidalProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Te
   check_x(x, seq_dim, scale);
   const EncodingSpec spec = make_spec(options, x.size(-1));
   check_out(out, x);
-  if (write != Write::kNew) check_writes_untracked(x, table, options, out, write);
   const char* out_name = write == Write::kInPlace ? "x" : "out";
   check_distinct_elements(out, out_name);
   if (write != Write::kInPlace) check_no_shared_memory(out, "out", x, "x");
@@ -153,7 +158,7 @@ SinusoidalProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Te
   p.offset = offset;
   p.scale = scale;
   p.spec = spec;
-  attach_padding_and_dropout(p, options);
+  attach_padding_and_dropout(p, options, x);
   attach_alpha(p, options.alpha, x);
   const int64_t last_position = attach_positions(p, options.positions, x, [&](const at::Tensor& ids) {
     return ids.dim() == 1 ? ids.unsqueeze(0) : (dim == 0 ? ids.transpose(0, 1) : ids);
@@ -169,14 +174,12 @@ SinusoidalProblem prepare_fill_table(const at::Tensor& out, int64_t offset, cons
   TORCH_CHECK_VALUE(out.dim() == 2, "pe_ext: out must be 2-D (num_positions, d_model), got shape ", out.sizes());
   check_supported_dtype(out, "out");
   const EncodingSpec spec = make_spec(options, out.size(1));
-  check_untracked(out, "out", "fill_table_", "add_sinusoidal_pe");
-  check_untracked(options.alpha, "alpha", "fill_table_", "add_sinusoidal_pe");
   check_distinct_elements(out, "out");
   SinusoidalProblem p;
   p.out = out.unsqueeze(0);
   p.offset = offset;
   p.spec = spec;
-  attach_padding_and_dropout(p, options);
+  attach_padding_and_dropout(p, options, out);
   attach_alpha(p, options.alpha, out);
   attach_positions(p, options.positions, out, [](const at::Tensor& ids) { return ids.unsqueeze(0); });
   return p;

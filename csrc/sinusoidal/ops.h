@@ -28,7 +28,9 @@ namespace pe_ext::sinusoidal {
 //   padding_idx        the position whose pe is zero (fairseq's padding), -1 for none
 //   alpha              a 0-dim tensor multiplying pe (ESPnet's learnable alpha), None for 1
 //   dropout, seed      fused dropout of the result: the mask is a function of (seed, element), so backward
-//                      recomputes it and CPU and CUDA agree
+//                      recomputes it and CPU and CUDA agree. seed is a one-element int64 tensor (needed when
+//                      dropout > 0), on the CPU or on x's device, so that torch.compile, torch.export and CUDA
+//                      graphs trace the op that draws it and replay draws a fresh one
 #define PE_SINUSOIDAL_OPTIONS(X)                                    \
   X(double, base, "float", "10000.0")                               \
   X(c10::string_view, layout, "str", "\"interleaved\"")             \
@@ -40,7 +42,7 @@ namespace pe_ext::sinusoidal {
   X(int64_t, padding_idx, "int", "-1")                              \
   X(const c10::optional<at::Tensor>&, alpha, "Tensor?", "None")     \
   X(double, dropout, "float", "0.0")                                \
-  X(int64_t, seed, "int", "0")
+  X(const c10::optional<at::Tensor>&, seed, "Tensor?", "None")
 
 // The list's expansions (common/options.h).
 #define PE_SINUSOIDAL_OPTIONS_SCHEMA PE_SINUSOIDAL_OPTIONS(PE_OPTION_SCHEMA)
@@ -68,7 +70,8 @@ struct SinusoidalProblem {
   int64_t padding_idx = -1;
   double scale = 1.0;
   double dropout = 0.0;
-  uint64_t seed = 0;
+  uint64_t seed = 0;          // read on the host from a CPU seed tensor
+  at::Tensor seed_on_device;  // 0-dim int64 on x's (non-CPU) device, read by the kernel; or undefined (seed)
   EncodingSpec spec;
 
   int64_t batch() const { return out.size(0); }

@@ -76,7 +76,7 @@ def keyword_samples(x, seq_dim, requires_grad=False):
         "default": {},
         "encoding": {"base": 500.0, "layout": "concatenated", "frequencies": "timescales", "precise_angle": True},
         "positions": {"positions": ids, "padding_idx": 1, "alpha": alpha},
-        "dropout": {"dropout": 0.3, "seed": 11},
+        "dropout": {"dropout": 0.3, "seed": torch.tensor(11)},
     }
 
 
