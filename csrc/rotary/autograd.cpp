@@ -1,23 +1,22 @@
-// Autograd for rotary in C++, so that a call pays no Python autograd layer (decoding steps are overhead-bound). The
-// op is linear in q and k: each head row is multiplied by a block-diagonal matrix R(angles) (times attention_scaling),
-// so the gradients are R^T applied to the output gradients: the forward op itself with `transpose` flipped. cos, sin
-// and inv_freq are constants (as Hugging Face's buffers are): tensors of them that require grad are refused rather
-// than silently given no gradient. The pure-PyTorch fallback gets its gradients from the torch ops it is made of.
-//
-// The kernel is boxed: it sees rotary's arguments as the dispatcher's stack and finds each by its name in the schema,
-// so that it needs no edit when the family's options change.
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/autograd.h>
+// The family's autograd, on common/autograd.h's kernels: C++, so that a call pays no Python autograd layer
+// (decoding steps are overhead-bound), and plain graph nodes, so that torch.func's transforms work. The pure-PyTorch
+// fallback gets the same formulas from the torch ops it is made of. The op is linear in q and k: each head row is
+// multiplied by a block-diagonal matrix R (2x2 rotations by the position's angles, times attention_scaling), so
+//   d/dq, d/dk = R^T grad: the forward op on the output gradients with `transpose` flipped
+//   tangents   = R tangent: the forward op on the inputs' tangents
+// cos, sin and inv_freq are constants (as Hugging Face's buffers are): tensors of them that require grad are refused
+// rather than silently given no gradient. rotary_ is recorded as rotary followed by copy_ into q and k.
+#include "common/autograd.h"
+
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
-#include <initializer_list>
-#include <utility>
 #include <vector>
 
 namespace pe_ext::rotary {
 namespace {
 
-using torch::autograd::AutogradContext;
+using autograd::OpArguments;
 using torch::autograd::variable_list;
 
 const c10::OperatorHandle& rotary_handle() {
@@ -25,102 +24,68 @@ const c10::OperatorHandle& rotary_handle() {
   return op;
 }
 
-size_t argument_index(const char* name) {
-  const auto index = rotary_handle().schema().argumentIndexWithName(name);
-  TORCH_INTERNAL_ASSERT(index.has_value(), "pe_ext::rotary has no argument named ", name);
-  return *index;
+// The op on (q, k) with the other arguments as given; k's result undefined without k.
+std::vector<at::Tensor> rotate(const OpArguments& args, const at::Tensor& q, const at::Tensor& k, bool transpose) {
+  const std::vector<at::Tensor> out =
+      args.with({{"q", q}, {"k", k.defined() ? c10::IValue(k) : c10::IValue()}, {"transpose", transpose}}).call_all();
+  return {out[0], k.defined() ? out[1] : at::Tensor()};
 }
 
-// rotary's arguments as the dispatcher passes them, addressed by name.
-class RotaryArguments {
- public:
-  explicit RotaryArguments(std::vector<c10::IValue> values) : values_(std::move(values)) {}
+struct RotaryDerivatives {
+  static constexpr const char* kInputs[] = {"q", "k"};
+  static constexpr const char* kUnsaved[] = {"q", "k"};  // the map does not depend on them
 
-  const c10::IValue& operator[](const char* name) const { return values_[argument_index(name)]; }
-
-  // A copy with some arguments replaced.
-  RotaryArguments with(std::initializer_list<std::pair<const char*, c10::IValue>> changes) const {
-    RotaryArguments copy = *this;
-    for (const auto& [name, value] : changes) copy.values_[argument_index(name)] = value;
-    return copy;
+  static variable_list backward(const OpArguments& args, const variable_list& grads, const std::vector<bool>& wanted) {
+    // k is not saved; its gradient is wanted only where k was given and is tracked.
+    variable_list result = rotate(args, grads[0], wanted[1] ? grads[1] : at::Tensor(), !args["transpose"].toBool());
+    if (!wanted[0]) result[0] = at::Tensor();
+    return result;
   }
 
-  // rotary on these arguments, through the dispatcher (so that double backward records it too).
-  std::pair<at::Tensor, at::Tensor> call() const {
-    torch::jit::Stack stack = values_;
-    rotary_handle().callBoxed(stack);
-    return {stack[0].toTensor(), stack[1].toTensor()};
-  }
-
-  c10::IValue to_list() const {
-    c10::impl::GenericList list(c10::AnyType::get());
-    for (const auto& value : values_) list.push_back(value);
-    return list;
-  }
-
- private:
-  std::vector<c10::IValue> values_;
-};
-
-class Rotary : public torch::autograd::Function<Rotary> {
- public:
-  // q and k are the differentiable inputs; `args` holds every argument, addressed by name.
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const std::optional<at::Tensor>& k,
-                               const RotaryArguments& args) {
-    // Backward needs everything but q and k (the tensors detached, as autograd's own saved copies would be).
-    ctx->saved_data["arguments"] = args.with({{"q", c10::IValue()}, {"k", c10::IValue()}}).to_list();
-    ctx->saved_data["has_k"] = k.has_value();
-    at::AutoDispatchBelowADInplaceOrView guard;
-    const auto [q_out, k_out] = args.call();
-    if (!k.has_value()) ctx->mark_non_differentiable({k_out});
-    return {q_out, k_out};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const RotaryArguments args(ctx->saved_data["arguments"].toList().vec());
-    const bool has_k = ctx->saved_data["has_k"].toBool();
-    // R^T g: the forward op with the rotation transposed (autograd materializes an unused output's gradient as zeros).
-    const auto [q_grad, k_grad] = args.with({{"q", grads[0]},
-                                             {"k", has_k ? c10::IValue(grads[1]) : c10::IValue()},
-                                             {"transpose", !args["transpose"].toBool()}})
-                                      .call();
-    return {q_grad, has_k ? k_grad : at::Tensor(), at::Tensor()};
+  static std::vector<at::Tensor> jvp(const OpArguments& args, const std::vector<at::Tensor>& tangents) {
+    const at::Tensor q = args.tensor("q"), k = args.tensor("k");
+    const at::Tensor q_t = tangents[0].defined() ? tangents[0] : at::zeros_like(q);
+    const at::Tensor k_t = !k.defined() || tangents[1].defined() ? tangents[1] : at::zeros_like(k);
+    std::vector<at::Tensor> out = rotate(args, q_t, k_t, args["transpose"].toBool());
+    if (!k.defined()) out[1] = at::Tensor();  // the empty second output has no tangent
+    return out;
   }
 };
 
-void refuse_tracked_constants(const c10::OperatorHandle& op, const torch::jit::Stack& stack, size_t num_arguments) {
+// rotary_: (q, k) = rotary(q, k, ...).
+struct RotaryInPlace {
+  static constexpr const char* kWritten[] = {"q", "k"};
+  static std::vector<at::Tensor> out_of_place(const OpArguments& args) {
+    return args.for_op(rotary_handle(), {}).call_all();
+  }
+};
+
+void refuse_tracked_constants(const c10::OperatorHandle& op, const torch::jit::Stack& stack) {
+  const size_t num_arguments = op.schema().arguments().size();
   for (const char* name : {"inv_freq", "cos", "sin"}) {
-    const c10::IValue& value = torch::jit::peek(stack, argument_index(name), num_arguments);
-    TORCH_CHECK(!(value.isTensor() && value.toTensor().requires_grad()), "pe_ext: ", name,
-                " requires grad, but rotary treats cos, sin and inv_freq as constants (as Hugging Face's buffers are) ",
-                "and computes no gradient for them; pass ", name, ".detach()");
+    const c10::IValue& value = torch::jit::peek(stack, autograd::argument_index(op.schema(), name), num_arguments);
+    TORCH_CHECK(!(at::GradMode::is_enabled() && value.isTensor() && value.toTensor().requires_grad()), "pe_ext: ", name,
+                " requires grad, but rotary treats cos, sin and inv_freq as constants (as Hugging Face's ",
+                "buffers are) and computes no gradient for them; pass ", name, ".detach()");
   }
 }
 
-void rotary_autograd(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
-  static const size_t num_arguments = op.schema().arguments().size();
-  const auto tracked = [&](const char* name) {
-    const c10::IValue& value = torch::jit::peek(*stack, argument_index(name), num_arguments);
-    return value.isTensor() && value.toTensor().requires_grad();
-  };
-  if (!at::GradMode::is_enabled() || (!tracked("q") && !tracked("k"))) {
-    if (at::GradMode::is_enabled()) refuse_tracked_constants(op, *stack, num_arguments);
-    // Nothing to differentiate (inference, decoding): no graph node and no saved state.
-    at::AutoDispatchBelowADInplaceOrView guard;
-    op.callBoxed(*stack);
-    return;
-  }
-  refuse_tracked_constants(op, *stack, num_arguments);
-  const RotaryArguments args(torch::jit::pop(*stack, num_arguments));
-  const c10::IValue& k = args["k"];
-  const variable_list outputs =
-      Rotary::apply(args["q"].toTensor(), k.isTensor() ? std::optional<at::Tensor>(k.toTensor()) : std::nullopt, args);
-  torch::jit::push(*stack, outputs[0], outputs[1]);
+template <void (*kernel)(const c10::OperatorHandle&, torch::jit::Stack*)>
+void with_constants_refused(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  refuse_tracked_constants(op, *stack);
+  kernel(op, stack);
 }
 
 }  // namespace
 }  // namespace pe_ext::rotary
 
 TORCH_LIBRARY_IMPL(pe_ext, Autograd, m) {
-  m.impl("rotary", torch::CppFunction::makeFromBoxedFunction<&pe_ext::rotary::rotary_autograd>());
+  using pe_ext::rotary::RotaryDerivatives, pe_ext::rotary::RotaryInPlace, pe_ext::rotary::with_constants_refused;
+  namespace detail = pe_ext::autograd::detail;
+  m.impl("rotary", torch::CppFunction::makeFromBoxedFunction<
+                       &with_constants_refused<&detail::differentiable_kernel<RotaryDerivatives>>>());
+  m.impl("rotary_", torch::CppFunction::makeFromBoxedFunction<
+                        &with_constants_refused<&detail::in_place_as_copy_kernel<RotaryInPlace>>>());
 }
+
+TORCH_LIBRARY_IMPL(pe_ext, ADInplaceOrView, m) { m.impl("rotary_", pe_ext::autograd::bump_versions()); }

@@ -18,7 +18,8 @@ from .._checks import (
     check_offset,
     check_same_device,
     check_supported_dtype,
-    check_untracked,
+    check_writable,
+    has_visible_memory,
 )
 
 LAYOUT_SHAPES = {
@@ -84,11 +85,8 @@ def _check_qk(q: Tensor, k: Tensor | None, layout: str) -> None:
                          f"{list(k.shape)})")
 
 
-def _check_writes(q: Tensor, k: Tensor | None, options: dict, has_storage: bool) -> None:
-    op = "rotary_ (in place)"
-    check_untracked(q, "q", op, "apply_rotary")
-    check_untracked(k, "k", op, "apply_rotary")
-    if not has_storage:
+def _check_writes(q: Tensor, k: Tensor | None, options: dict, addresses: bool) -> None:
+    if not addresses:
         return
     check_distinct_elements(q, "q")
     if k is not None:
@@ -230,13 +228,20 @@ def _check_table_rows(p: Problem, longest_sequence: int) -> None:
 
 def check_rotary(q: Tensor, k: Tensor | None, options: dict, in_place: bool, has_storage: bool = True) -> Problem:
     """rotary's and rotary_'s checks, in csrc/rotary/ops.cpp's order. has_storage=False (fake tensors, which hold no
-    data) leaves out those that read addresses or values."""
+    data) leaves out those that read addresses or values; functorch's wrappers (vmap's, for the composites that serve
+    as batching rules) hide addresses only."""
+    # What the compiled ops check in their Autograd and ADInplaceOrView kernels comes first, as there.
+    check_constants(options)
+    if in_place:
+        check_writable(q, "q")
+        if k is not None:
+            check_writable(k, "k")
     layout = options["layout"]
     _check_layout(layout)
     _check_qk(q, k, layout)
     _check_style(options["style"])
     if in_place:
-        _check_writes(q, k, options, has_storage)
+        _check_writes(q, k, options, has_storage and has_visible_memory(q, k))
     qc = canonical(q, layout)
     batch, seq, _, head_dim = qc.shape
     offset = options["offset"]
@@ -257,13 +262,13 @@ def check_rotary(q: Tensor, k: Tensor | None, options: dict, in_place: bool, has
     p = Problem(qc, None if k is None else canonical(k, layout), rotary_dim, options["style"], freqs, options["base"],
                 cos, sin, positions, cu_seqlens, offset, options["attention_scaling"], options["precise_angle"],
                 options["transpose"])
-    if cos is not None and has_storage:
+    if cos is not None and has_storage and has_visible_memory(q, cos):
         _check_table_rows(p, longest)
     return p
 
 
 def check_constants(options: dict) -> None:
-    """The autograd kernel's refusal: cos, sin and inv_freq are constants, never given a gradient."""
+    """The Autograd kernel's refusal: cos, sin and inv_freq are constants, never given a gradient."""
     if not torch.is_grad_enabled():
         return
     for name in ("inv_freq", "cos", "sin"):

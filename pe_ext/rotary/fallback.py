@@ -18,7 +18,6 @@ def _layout_of(canonical: Tensor, layout: str) -> Tensor:
 def rotary(q: Tensor, k: Tensor | None = None, **options) -> tuple[Tensor, Tensor]:
     """(q', k'): every head of each token rotated by its position's angles; k' is empty when k is None."""
     options = with_defaults(**options)
-    checks.check_constants(options)
     problem = checks.check_rotary(q, k, options, in_place=False)
     q_out, k_out = reference.rotary_values(problem)
     layout = options["layout"]

@@ -10,7 +10,7 @@ from .. import _backend
 from .._checks import INT64_MAX
 from . import checks, fallback, schema
 
-_backend.register_family("rotary", _backend.Family(schema.SCHEMAS, fallback.KERNELS, composite={"rotary"}))
+_backend.register_family("rotary", _backend.Family(schema.SCHEMAS, fallback.KERNELS, composite=set(fallback.KERNELS)))
 
 
 def _is_default(name: str, value) -> bool:
@@ -40,7 +40,8 @@ def apply_rotary(q: Tensor, k: Tensor | None = None, *, positions: Tensor | None
 
     style="neox" rotates pairs (i, i + rotary_dim / 2) (rotate_half: Llama, Qwen, Mistral); "gptj" pairs (2i, 2i + 1).
     Columns from rotary_dim (default head_dim) on pass through. Math in float32 (float64 for float64), rounded once to
-    q's dtype. inplace=True writes q and k (refusing tensors autograd tracks) and returns them.
+    q's dtype. inplace=True writes q and k (autograd records it as torch records its own in-place ops) and returns
+    them.
     """
     if layout is None:
         layout = "thd" if q.dim() == 3 else "bhsd"
@@ -60,13 +61,12 @@ def apply_rotary(q: Tensor, k: Tensor | None = None, *, positions: Tensor | None
 
 # The fake kernels serve torch.compile and meta tensors (and calls mixing them with real ones, which dispatch here):
 # they run the ops' checks, all but those that read addresses or values.
-if _backend.has_extension():  # the fallback's rotary is a composite of torch ops, which brings its own
+if _backend.has_extension():  # the fallback's ops are composites of torch ops, which bring their own
     @torch.library.register_fake("pe_ext::rotary")
     def _rotary_fake(q, k=None, **options):
         checks.check_rotary(q, k, schema.with_defaults(**options), in_place=False, has_storage=False)
         return torch.empty_like(q), q.new_empty(0) if k is None else torch.empty_like(k)
 
-
-@torch.library.register_fake("pe_ext::rotary_")
-def _rotary_inplace_fake(q, k=None, **options):
-    checks.check_rotary(q, k, schema.with_defaults(**options), in_place=True, has_storage=False)
+    @torch.library.register_fake("pe_ext::rotary_")
+    def _rotary_inplace_fake(q, k=None, **options):
+        checks.check_rotary(q, k, schema.with_defaults(**options), in_place=True, has_storage=False)
