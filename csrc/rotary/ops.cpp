@@ -143,6 +143,7 @@ void attach_frequencies(RotaryProblem& p, const RotaryOptions& o, const at::Tens
   TORCH_CHECK_VALUE(std::isfinite(o.base) && o.base > 0, "pe_ext: base must be a positive finite number, got ", o.base);
   p.rotary_dim = checked_rotary_dim(o.rotary_dim.value_or(p.head_dim()), p.head_dim(), "rotary_dim");
   p.freqs = host_frequencies(o.base, p.rotary_dim, acc);
+  p.freqs_from_base = true;
 }
 
 void check_table(const at::Tensor& t, const char* name, const RotaryProblem& p) {

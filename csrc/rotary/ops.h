@@ -73,8 +73,8 @@ struct RotaryProblem {
   at::Tensor q, k;          // [batch, seq, heads, head_dim] and [batch, seq, k_heads, head_dim], any strides; k
                             // undefined when absent
   at::Tensor q_out, k_out;  // like q and k, any non-overlapping strides; q and k themselves in place
-  at::Tensor freqs;         // [rotary_dim / 2], the math dtype, contiguous: on the CPU when computed from base, else
-                            // on q's device; undefined with cos and sin
+  at::Tensor freqs;         // [rotary_dim / 2], the math dtype, contiguous: on the CPU when computed from base
+                            // (freqs_from_base), else on q's device; undefined with cos and sin
   at::Tensor cos, sin;      // [batch (stride 0 when shared), rows > every position, rotary_dim], or undefined
   at::Tensor positions;     // int64 [batch, seq] (batch stride 0 when shared), or undefined
   at::Tensor cu_seqlens;    // int64 [num_seqs + 1] (packed tokens), or undefined
@@ -82,6 +82,7 @@ struct RotaryProblem {
   int64_t rotary_dim = 0;
   Style style = Style::kNeox;
   double attention_scaling = 1.0;
+  bool freqs_from_base = false;
   bool precise_angle = false;
   bool transpose = false;
   bool in_place = false;

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
 from .._checks import (
     INT64_MAX,
@@ -230,6 +231,8 @@ def check_rotary(q: Tensor, k: Tensor | None, options: dict, in_place: bool, has
     """rotary's and rotary_'s checks, in csrc/rotary/ops.cpp's order. has_storage=False (fake tensors, which hold no
     data) leaves out those that read addresses or values; functorch's wrappers (vmap's, for the composites that serve
     as batching rules) hide addresses only."""
+    # The fallback's composites traced by torch.compile see fake tensors, which hold no data either.
+    has_storage = has_storage and not any(isinstance(t, Tensor) and is_fake(t) for t in (q, k, *options.values()))
     # What the compiled ops check in their Autograd and ADInplaceOrView kernels comes first, as there.
     check_constants(options)
     if in_place:

@@ -29,9 +29,10 @@ def rotary_(q: Tensor, k: Tensor | None = None, **options) -> None:
     options = with_defaults(**options)
     problem = checks.check_rotary(q, k, options, in_place=True)
     q_out, k_out = reference.rotary_values(problem)
-    problem.q.copy_(q_out)
-    if k_out is not None:
-        problem.k.copy_(k_out)
+    layout = options["layout"]
+    q.copy_(_layout_of(q_out, layout))  # into q itself, not a view of it: torch's in-place rules see q
+    if k is not None:
+        k.copy_(_layout_of(k_out, layout))
 
 
 KERNELS = {"rotary": rotary, "rotary_": rotary_}

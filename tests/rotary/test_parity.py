@@ -37,16 +37,19 @@ CASES = {
     "bhsd_strided_d_bf16": case("bhsd", (2, 2, 5, 16), 2, torch.bfloat16, x_layout="strided_d"),
     "bhsd_permuted_gptj_f32": case("bhsd", (3, 2, 6, 8), 1, torch.float32, x_layout="permuted", style="gptj"),
     "bhsd_head128_q_only_bf16": case("bhsd", (1, 2, 33, 128), 0, torch.bfloat16, offset=4000),
+    "bhsd_head1024_f32": case("bhsd", (1, 1, 3, 1024), 1, torch.float32),  # more frequencies than travel inline
 }
 
 
-def make_case(c):
+def make_case(c, device="cpu"):
+    """(q, k, the op's keyword options, the positions [batch, seq] as the oracle sees them, the frequencies), with q
+    and k laid out on `device` as the case says."""
     layout, shape, dtype = c["layout"], c["shape"], c["dtype"]
-    q = make_x(shape, dtype, c["x_layout"])
+    q = make_x(shape, dtype, c["x_layout"], device)
     head_axis = {"bhsd": 1, "bshd": 2, "thd": 1}[layout]
     k_shape = list(shape)
     k_shape[head_axis] = c["k_heads"]
-    k = make_x(tuple(k_shape), dtype, c["x_layout"]) if c["k_heads"] else None
+    k = make_x(tuple(k_shape), dtype, c["x_layout"], device) if c["k_heads"] else None
     batch, seq = (1, shape[0]) if layout == "thd" else (shape[0], shape[2] if layout == "bhsd" else shape[1])
     options = dict(c["options"], offset=c["offset"], layout=layout)
     head_dim = shape[-1]
@@ -55,21 +58,21 @@ def make_case(c):
     inv_freq = hf_inv_freq(10000.0, rotary_dim, torch.float64 if dtype == torch.float64 else torch.float32)
     if options.get("inv_freq") == "llama3_like":  # frequencies no base produces
         inv_freq = inv_freq * torch.linspace(1.0, 0.125, rotary_dim // 2, dtype=inv_freq.dtype)
-        options["inv_freq"] = inv_freq
+        options["inv_freq"] = inv_freq.to(device)
     kind = c["positions"]
     if kind == "default":
         positions = torch.arange(seq).expand(batch, seq) + c["offset"]
     elif kind == "shared":
         ids = torch.randperm(3 * seq)[:seq]
-        options["positions"] = ids
+        options["positions"] = ids.to(device)
         positions = ids.expand(batch, seq) + c["offset"]
     elif kind == "per_row":
         ids = torch.randint(0, 5000, (batch, seq))
-        options["positions"] = ids
+        options["positions"] = ids.to(device)
         positions = ids + c["offset"]
     else:  # cu_seqlens: sequences of 3, 0 and 7 tokens
         cu = torch.tensor([0, 3, 3, seq], dtype=torch.int32)
-        options["cu_seqlens"] = cu
+        options["cu_seqlens"] = cu.to(device)
         positions = packed_positions(cu, c["offset"])
     return q, k, options, positions, inv_freq
 

@@ -48,17 +48,11 @@ RotaryArgs<scalar_t, table_t> make_args(const RotaryProblem& p, at::Tensor& devi
   a.rotary_dim = p.rotary_dim;
   a.num_pairs = p.num_pairs();
   a.positions = p.positions_view();
-  if (p.freqs.defined()) {
-    if (p.freqs.device() != p.q.device()) {  // computed from base, on the host
-      if (p.num_pairs() <= kMaxInlineFreqs) {
-        std::copy_n(p.freqs.const_data_ptr<acc_t>(), p.num_pairs(), a.inline_freqs);
-      } else {
-        device_freqs = p.freqs.to(p.q.device());
-        a.freqs = device_freqs.const_data_ptr<acc_t>();
-      }
-    } else {
-      a.freqs = p.freqs.const_data_ptr<acc_t>();
-    }
+  if (p.freqs_from_base && p.num_pairs() <= kMaxInlineFreqs) {  // computed on the host: inline
+    std::copy_n(p.freqs.const_data_ptr<acc_t>(), p.num_pairs(), a.inline_freqs);
+  } else if (p.freqs.defined()) {
+    device_freqs = p.freqs.to(p.q.device());  // no copy for inv_freq, already there
+    a.freqs = device_freqs.const_data_ptr<acc_t>();
   }
   if (p.cos.defined()) {
     a.cos = p.cos.const_data_ptr<table_t>();
