@@ -72,7 +72,7 @@ class Patch:
                 _revert(swap)
             self.applied = False
 
-    def __enter__(self) -> Patch:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:

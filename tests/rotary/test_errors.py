@@ -21,6 +21,16 @@ def inference_qk():
     return torch.randn(2, 4, 5, 8), k
 
 
+def overlapping_qk():
+    t = torch.randn(2, 4, 5, 8)
+    return t[:, :2], t[:, 1:3], {}
+
+
+def table_inside_q():
+    t = torch.randn(2, 4, 10, 8)
+    return t[:, :, :5], None, {"cos": t[0, 0, 5:], "sin": t[0, 0, 5:]}
+
+
 def row(make, error, match, id, in_place=False):
     return pytest.param(make, error, match, in_place, id=id)
 
@@ -99,10 +109,8 @@ ROWS = [
     # writes in place
     row(lambda: (torch.randn(2, 1, 5, 8).expand(2, 4, 5, 8), None, {}), ValueError,
         r"q has elements that share memory", "q_expanded", in_place=True),
-    row(lambda: (lambda t: (t[:, :2], t[:, 1:3], {}))(torch.randn(2, 4, 5, 8)), ValueError,
-        r"k's memory overlaps q's", "k_overlaps_q", in_place=True),
-    row(lambda: (lambda t: (t[:, :, :5], None, {"cos": t[0, 0, 5:], "sin": t[0, 0, 5:]}))(torch.randn(2, 4, 10, 8)),
-        ValueError, r"q's memory overlaps cos's", "cos_overlaps_q", in_place=True),
+    row(lambda: overlapping_qk(), ValueError, r"k's memory overlaps q's", "k_overlaps_q", in_place=True),
+    row(lambda: table_inside_q(), ValueError, r"q's memory overlaps cos's", "cos_overlaps_q", in_place=True),
     row(lambda: (*inference_qk(), {}), RuntimeError, r"k is an inference tensor \(made under "
         r"torch.inference_mode\(\)\), which can be written only inside inference mode", "k_inference", in_place=True),
 ]

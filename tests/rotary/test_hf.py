@@ -15,12 +15,12 @@ from tests.helpers import requires_extension
 from tests.rotary.oracle import hf_inv_freq, oracle_angles, oracle_rotate
 
 transformers = pytest.importorskip("transformers")
-from transformers import modeling_rope_utils  # noqa: E402
-from transformers.models.llama import modeling_llama  # noqa: E402
-from transformers.models.phi3 import modeling_phi3  # noqa: E402
+from transformers import modeling_rope_utils
+from transformers.models.llama import modeling_llama
+from transformers.models.phi3 import modeling_phi3
 
-TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=256)
+TINY = {"vocab_size": 96, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
 
 ROPE_PARAMETERS = {
     "default": {"rope_type": "default", "rope_theta": 500000.0},

@@ -19,8 +19,8 @@ def packed_positions(cu_seqlens, offset):
 
 
 def case(layout, shape, k_heads, dtype, x_layout="contiguous", positions="default", offset=0, **options):
-    return dict(layout=layout, shape=shape, k_heads=k_heads, dtype=dtype, x_layout=x_layout, positions=positions,
-                offset=offset, options=options)
+    return {"layout": layout, "shape": shape, "k_heads": k_heads, "dtype": dtype, "x_layout": x_layout,
+            "positions": positions, "offset": offset, "options": options}
 
 
 # (batch, heads, seq, head_dim) for bhsd, (batch, seq, heads, head_dim) for bshd, (tokens, heads, head_dim) for thd.
