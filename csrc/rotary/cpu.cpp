@@ -1,7 +1,9 @@
-// CPU kernel. Tokens are cut into tiles whose per-pair cos and sin (computed with rotary/math.h, or read from the
-// tables) stay in L1 while every head of q and k at those tokens is rotated, in the order the heads lie in memory.
-// Rows are rotated by per-dtype loops that the compiler vectorizes, cloned for AVX-512 and AVX2 machines and chosen at
-// load time.
+// CPU kernel, in two passes. First the per-pair cos and sin of every token (computed with rotary/math.h, or read from
+// the tables), once per position pattern: for the whole batch when positions are shared. Then every row of q and k is
+// rotated with its token's values, walking runs of rows along whichever of the sequence and the heads lies closer
+// together in memory (a head's tokens in HF's layout, a token's heads in flash-attn's), so that each task streams
+// long contiguous runs. Rows are rotated by per-dtype loops that the compiler vectorizes, cloned for AVX-512 and AVX2
+// machines and chosen at load time.
 #include "common/no_fp_contract.h"  // first: every product and sum rounded once, as Hugging Face's torch ops round them
 
 #include <ATen/Dispatch.h>
@@ -12,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -28,8 +31,8 @@ using pe_ext::cpu::bits_of;
 using pe_ext::cpu::Element;
 using pe_ext::cpu::storage_t;
 
-constexpr int64_t kTilePairs = 2048;           // (token, pair) coefficients per tile: four 8 KiB arrays of float
 constexpr int64_t kElementsPerTask = 1 << 15;  // enough work per parallel task to pay for its start (as ATen's grain)
+constexpr int64_t kRunElements = 1 << 17;      // elements per run of rows: long enough for the prefetchers to follow
 
 // The per-pair cos and sin of a run of rows: row r uses c1[r * stride + i] for pair i, and so on.
 template <typename acc_t>
@@ -76,24 +79,25 @@ void rotate_rows_strided(const scalar_t* x, int64_t x_stride, int64_t x_stride_d
   }
 }
 
-// cos and sin (times scaling; sin negated when transposing) of n pairs at position pos, in float: with the
-// vectorized PolynomialSinCos when every angle is within its limit, else with the library's sin and cos.
+// cos and sin of n pairs at position pos, times cos_scaling and sin_scaling (math.h), in float: with the vectorized
+// PolynomialSinCos when every angle is within its limit, else with the library's sin and cos.
 template <bool kPreciseAngle, typename SinCos>
-C10_ALWAYS_INLINE void cos_sin_loop(const float* freqs, int64_t n, int64_t pos, float scaling, bool transpose, float* c,
-                                    float* s, SinCos sin_cos_of) {
+C10_ALWAYS_INLINE void cos_sin_loop(const float* freqs, int64_t n, int64_t pos, float cos_scaling, float sin_scaling,
+                                    float* c, float* s, SinCos sin_cos_of) {
   for (int64_t i = 0; i < n; ++i) {
-    scaled_cos_sin(rotary_angle<float>(kPreciseAngle, pos, freqs[i]), scaling, transpose, &c[i], &s[i], sin_cos_of);
+    scaled_cos_sin(rotary_angle<float>(kPreciseAngle, pos, freqs[i]), cos_scaling, sin_scaling, &c[i], &s[i],
+                   sin_cos_of);
   }
 }
 
 PE_ROW_CLONES void cos_sin_float(const float* freqs, int64_t n, int64_t pos, bool precise_angle, double max_freq,
-                                 float scaling, bool transpose, float* c, float* s) {
+                                 float cos_scaling, float sin_scaling, float* c, float* s) {
   if (precise_angle) {  // reduced angles are within pi
-    cos_sin_loop<true>(freqs, n, pos, scaling, transpose, c, s, pe_ext::cpu::PolynomialSinCos());
+    cos_sin_loop<true>(freqs, n, pos, cos_scaling, sin_scaling, c, s, pe_ext::cpu::PolynomialSinCos());
   } else if (std::abs(static_cast<double>(pos)) * max_freq < pe_ext::cpu::kPolynomialAngleLimit) {
-    cos_sin_loop<false>(freqs, n, pos, scaling, transpose, c, s, pe_ext::cpu::PolynomialSinCos());
+    cos_sin_loop<false>(freqs, n, pos, cos_scaling, sin_scaling, c, s, pe_ext::cpu::PolynomialSinCos());
   } else {
-    cos_sin_loop<false>(freqs, n, pos, scaling, transpose, c, s, LibrarySinCos());
+    cos_sin_loop<false>(freqs, n, pos, cos_scaling, sin_scaling, c, s, LibrarySinCos());
   }
 }
 
@@ -107,10 +111,16 @@ class CoefficientSource {
         n_(p.num_pairs()),
         freqs_(p.freqs.defined() ? p.freqs.const_data_ptr<acc_t>() : nullptr),
         max_freq_(max_abs(freqs_, n_)),
-        scaling_(static_cast<acc_t>(p.attention_scaling)) {}
+        cos_scaling_(static_cast<acc_t>(p.attention_scaling)),
+        sin_scaling_(p.transpose ? -cos_scaling_ : cos_scaling_) {}
 
   // Whether both columns of a pair share their cos and sin (computed values), so that only c1 and s1 are filled.
   bool halves_shared() const { return freqs_ != nullptr; }
+  // Whether batch rows can have different values (else one sequence's serve the whole batch).
+  bool per_batch_row() const {
+    return (positions_.ids != nullptr && positions_.ids_stride_b != 0) ||
+           (freqs_ == nullptr && p_.cos.stride(0) != 0) || (freqs_ == nullptr && p_.sin.stride(0) != 0);
+  }
 
   void fill(int64_t b, int64_t l, acc_t* c1, acc_t* s1, acc_t* c2, acc_t* s2) const {
     const int64_t pos = positions_(b, l);
@@ -118,11 +128,11 @@ class CoefficientSource {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p_.cos.scalar_type(), "pe_ext_cpu_rotary_tables",
                                       [&] { read_tables<scalar_t>(b, pos, c1, s1, c2, s2); });
     } else if constexpr (std::is_same_v<acc_t, float>) {
-      cos_sin_float(freqs_, n_, pos, p_.precise_angle, max_freq_, scaling_, p_.transpose, c1, s1);
+      cos_sin_float(freqs_, n_, pos, p_.precise_angle, max_freq_, cos_scaling_, sin_scaling_, c1, s1);
     } else {
       for (int64_t i = 0; i < n_; ++i) {
-        scaled_cos_sin(rotary_angle<acc_t>(p_.precise_angle, pos, freqs_[i]), scaling_, p_.transpose, &c1[i], &s1[i],
-                       LibrarySinCos());
+        scaled_cos_sin(rotary_angle<acc_t>(p_.precise_angle, pos, freqs_[i]), cos_scaling_, sin_scaling_, &c1[i],
+                       &s1[i], LibrarySinCos());
       }
     }
   }
@@ -155,10 +165,49 @@ class CoefficientSource {
   const int64_t n_;
   const acc_t* freqs_;
   const double max_freq_;
-  const acc_t scaling_;
+  const acc_t cos_scaling_, sin_scaling_;
 };
 
-// One of q and k (and where its result goes), rotated a tile of tokens at a time.
+// Every token's per-pair cos and sin: [sequences, seq_len, num_pairs] arrays, filled in parallel (one sequence when
+// the values are the same for every batch row).
+template <typename acc_t>
+class TokenCoefficients {
+ public:
+  TokenCoefficients(const CoefficientSource<acc_t>& source, int64_t batch, int64_t seq_len, int64_t n)
+      : sequences_(source.per_batch_row() ? batch : 1),
+        seq_len_(seq_len),
+        n_(n),
+        shared_halves_(source.halves_shared()),
+        values_(new acc_t[(shared_halves_ ? 2 : 4) * sequences_ * seq_len * n]) {
+    at::parallel_for(0, sequences_ * seq_len_, std::max<int64_t>(1, kElementsPerTask / (8 * n)),
+                     [&](int64_t begin, int64_t end) {
+                       for (int64_t t = begin; t < end; ++t) {
+                         const int64_t b = t / seq_len_, l = t % seq_len_;
+                         source.fill(b, l, array(0, b, l), array(1, b, l), array(shared_halves_ ? 0 : 2, b, l),
+                                     array(shared_halves_ ? 1 : 3, b, l));
+                       }
+                     });
+  }
+
+  // The values of token (b, l), and of the tokens after it, `token_stride` apart (0: the same token for every row).
+  Coefficients<acc_t> at(int64_t b, int64_t l, int64_t token_stride) const {
+    return {array(0, b, l), array(1, b, l), array(shared_halves_ ? 0 : 2, b, l), array(shared_halves_ ? 1 : 3, b, l),
+            token_stride * n_};
+  }
+
+ private:
+  // Array k (c1, s1, c2, s2) at token (b, l).
+  acc_t* array(int64_t k, int64_t b, int64_t l) const {
+    return values_.get() + ((k * sequences_ + (sequences_ == 1 ? 0 : b)) * seq_len_ + l) * n_;
+  }
+
+  const int64_t sequences_, seq_len_, n_;
+  const bool shared_halves_;
+  const std::unique_ptr<acc_t[]> values_;
+};
+
+// One of q and k (and where its result goes), rotated in runs of rows: along the sequence (the rows of one head) when
+// a head's tokens lie closer together than a token's heads (HF's layout), else along the heads (of one token).
 template <typename scalar_t>
 class Operand {
  public:
@@ -167,39 +216,34 @@ class Operand {
   Operand(const at::Tensor& x, const at::Tensor& out, const RotaryProblem& p)
       : x_(x.const_data_ptr<scalar_t>()),
         out_(out.data_ptr<scalar_t>()),
-        heads_(x.size(2)),
         x_strides_{x.stride(0), x.stride(1), x.stride(2), x.stride(3)},
         out_strides_{out.stride(0), out.stride(1), out.stride(2), out.stride(3)},
         contiguous_rows_(x.stride(3) == 1 && out.stride(3) == 1),
-        // Walk heads in the outer loop when a head's tokens are closer together than a token's heads (bhsd).
-        heads_outer_(std::abs(x.stride(2)) > std::abs(x.stride(1))),
+        along_tokens_(std::abs(x.stride(2)) > std::abs(x.stride(1))),
+        batch_(x.size(0)),
+        outer_(along_tokens_ ? x.size(2) : x.size(1)),
+        run_(along_tokens_ ? x.size(1) : x.size(2)),
+        run_chunk_(std::max<int64_t>(1, kRunElements / std::max<int64_t>(1, p.head_dim()))),
+        chunks_((run_ + run_chunk_ - 1) / run_chunk_),
         n_(p.num_pairs()),
         rotary_dim_(p.rotary_dim),
         head_dim_(p.head_dim()),
         copies_rest_(!p.in_place && p.rotary_dim < p.head_dim()),
         style_(p.style) {}
 
-  int64_t heads() const { return heads_; }
+  // Work items: (batch row, outer index, chunk of a run), each a run of rows.
+  int64_t items() const { return batch_ * outer_ * chunks_; }
+  int64_t rows_per_item() const { return std::min(run_, run_chunk_); }
 
-  // Tokens [l0, l1) of sequence b; coefficient arrays hold n pairs per token from token l0 on.
-  void rotate(int64_t b, int64_t l0, int64_t l1, Coefficients<acc_t> tile) const {
-    if (heads_outer_) {
-      for (int64_t h = 0; h < heads_; ++h) rotate_run(b, l0, h, l1 - l0, x_strides_[1], out_strides_[1], tile);
-    } else {
-      for (int64_t l = l0; l < l1; ++l) {
-        const int64_t k = (l - l0) * tile.stride;
-        rotate_run(b, l, 0, heads_, x_strides_[2], out_strides_[2],
-                   {tile.c1 + k, tile.s1 + k, tile.c2 + k, tile.s2 + k, 0});
-      }
-    }
-  }
-
- private:
-  // `rows` rows from (b, l, h) on, each `x_step` / `out_step` elements after the last.
-  void rotate_run(int64_t b, int64_t l, int64_t h, int64_t rows, int64_t x_step, int64_t out_step,
-                  Coefficients<acc_t> c) const {
+  void rotate(int64_t item, const TokenCoefficients<acc_t>& coefficients) const {
+    const int64_t chunk = item % chunks_, o = item / chunks_ % outer_, b = item / chunks_ / outer_;
+    const int64_t first = chunk * run_chunk_, rows = std::min(run_chunk_, run_ - first);
+    const int64_t l = along_tokens_ ? first : o, h = along_tokens_ ? o : first;
+    const int64_t x_step = along_tokens_ ? x_strides_[1] : x_strides_[2];
+    const int64_t out_step = along_tokens_ ? out_strides_[1] : out_strides_[2];
     const scalar_t* src = x_ + b * x_strides_[0] + l * x_strides_[1] + h * x_strides_[2];
     scalar_t* dst = out_ + b * out_strides_[0] + l * out_strides_[1] + h * out_strides_[2];
+    const Coefficients<acc_t> c = coefficients.at(b, l, along_tokens_ ? 1 : 0);
     if (contiguous_rows_) {
       if (style_ == Style::kNeox) {
         rotate_rows<scalar_t, Style::kNeox>(bits_of(src), x_step, bits_of(dst), out_step, c, rows, n_);
@@ -212,6 +256,7 @@ class Operand {
     if (copies_rest_) copy_rest(src, x_step, dst, out_step, rows);
   }
 
+ private:
   // Columns from rotary_dim on pass through.
   void copy_rest(const scalar_t* src, int64_t x_step, scalar_t* dst, int64_t out_step, int64_t rows) const {
     for (int64_t r = 0; r < rows; ++r) {
@@ -227,40 +272,32 @@ class Operand {
 
   const scalar_t* x_;
   scalar_t* out_;
-  const int64_t heads_;
   const int64_t x_strides_[4], out_strides_[4];
-  const bool contiguous_rows_, heads_outer_;
+  const bool contiguous_rows_, along_tokens_;
+  const int64_t batch_, outer_, run_, run_chunk_, chunks_;
   const int64_t n_, rotary_dim_, head_dim_;
   const bool copies_rest_;
   const Style style_;
 };
 
-// --- The tiling loop. Work item i = (sequence i / tiles, tile i % tiles): a task fills a tile's coefficients once
-// and rotates every head of q and k at those tokens with them.
+// Every token's values first, then q's work items followed by k's.
 template <typename scalar_t>
 void rotary_typed(const RotaryProblem& p) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t n = p.num_pairs(), seq_len = p.seq_len();
   const CoefficientSource<acc_t> source(p);
-  std::vector<Operand<scalar_t>> operands{Operand<scalar_t>(p.q, p.q_out, p)};
-  if (p.k.defined()) operands.emplace_back(p.k, p.k_out, p);
-  int64_t heads = 0;
-  for (const auto& operand : operands) heads += operand.heads();
-
-  const int64_t tile_len = std::max<int64_t>(1, kTilePairs / n);
-  const int64_t tiles = (seq_len + tile_len - 1) / tile_len;
-  const int64_t grain = std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(1, tile_len * heads * p.head_dim()));
-  at::parallel_for(0, p.batch() * tiles, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> values(4 * tile_len * n);
-    acc_t *c1 = values.data(), *s1 = c1 + tile_len * n;
-    acc_t *c2 = source.halves_shared() ? c1 : s1 + tile_len * n, *s2 = source.halves_shared() ? s1 : c2 + tile_len * n;
+  const TokenCoefficients<acc_t> coefficients(source, p.batch(), p.seq_len(), p.num_pairs());
+  const Operand<scalar_t> q(p.q, p.q_out, p);
+  const std::optional<Operand<scalar_t>> k =
+      p.k.defined() ? std::optional<Operand<scalar_t>>(std::in_place, p.k, p.k_out, p) : std::nullopt;
+  const int64_t q_items = q.items(), items = q_items + (k ? k->items() : 0);
+  const int64_t grain = std::max<int64_t>(1, kElementsPerTask / (q.rows_per_item() * p.head_dim()));
+  at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / tiles, l0 = (i % tiles) * tile_len, l1 = std::min(seq_len, l0 + tile_len);
-      for (int64_t l = l0; l < l1; ++l) {
-        const int64_t k = (l - l0) * n;
-        source.fill(b, l, c1 + k, s1 + k, c2 + k, s2 + k);
+      if (i < q_items) {
+        q.rotate(i, coefficients);
+      } else {
+        k->rotate(i - q_items, coefficients);
       }
-      for (const auto& operand : operands) operand.rotate(b, l0, l1, {c1, s1, c2, s2, n});
     }
   });
 }

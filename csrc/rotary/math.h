@@ -82,14 +82,15 @@ PE_HOST_DEVICE acc_t rotary_angle(bool precise_angle, int64_t pos, acc_t freq) {
   return mul_rn(static_cast<acc_t>(pos), freq);
 }
 
-// cos and sin of a pair's angle times scaling (HF: `emb.cos() * attention_scaling`, rounded in acc_t), sin negated
-// for the transposed map.
+// cos and sin of a pair's angle times attention_scaling (HF: `emb.cos() * attention_scaling`, rounded in acc_t).
+// sin_scaling is -attention_scaling for the transposed map: rounding is symmetric, so that is the negated sin.
 template <typename acc_t, typename SinCos>
-PE_HOST_DEVICE void scaled_cos_sin(acc_t angle, acc_t scaling, bool transpose, acc_t* c, acc_t* s, SinCos sin_cos_of) {
+PE_HOST_DEVICE void scaled_cos_sin(acc_t angle, acc_t cos_scaling, acc_t sin_scaling, acc_t* c, acc_t* s,
+                                   SinCos sin_cos_of) {
   acc_t sn, cs;
   sin_cos_of(angle, &sn, &cs);
-  *c = mul_rn(cs, scaling);
-  *s = transpose ? -mul_rn(sn, scaling) : mul_rn(sn, scaling);
+  *c = mul_rn(cs, cos_scaling);
+  *s = mul_rn(sn, sin_scaling);
 }
 
 struct LibrarySinCos {

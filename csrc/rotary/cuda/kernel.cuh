@@ -42,7 +42,7 @@ struct RotaryArgs {
   const table_t *cos, *sin;             // [batch, rows, rotary_dim] (batch stride 0 when shared), or nullptr
   int64_t cos_stride_b, cos_stride_r, cos_stride_d;
   int64_t sin_stride_b, sin_stride_r, sin_stride_d;
-  acc_t scaling;
+  acc_t cos_scaling, sin_scaling;  // attention_scaling, and its negation for the transposed map (math.h)
   bool precise_angle, transpose, in_place;
 
   PE_HOST_DEVICE acc_t frequency(int64_t i) const { return freqs != nullptr ? freqs[i] : inline_freqs[i]; }
@@ -164,7 +164,7 @@ PE_HOST_DEVICE void pair_coefficients(const RotaryArgs<scalar_t, table_t>& a, in
   } else {
     PE_UNROLL
     for (int m = 0; m < P; ++m) {
-      scaled_cos_sin(rotary_angle<acc_t>(a.precise_angle, pos, freqs[m]), a.scaling, a.transpose, &c1[m], &s1[m],
+      scaled_cos_sin(rotary_angle<acc_t>(a.precise_angle, pos, freqs[m]), a.cos_scaling, a.sin_scaling, &c1[m], &s1[m],
                      LibrarySinCos());
       c2[m] = c1[m];
       s2[m] = s1[m];
@@ -237,15 +237,8 @@ PE_HOST_DEVICE void rotary_thread(const RotaryArgs<scalar_t, table_t>& a, const 
   const int64_t first_token = block_x * cfg.grid.threads_y + thread_y;
   const int64_t token_step = cfg.grid.blocks_x * cfg.grid.threads_y;
   for (int64_t unit = thread_x; unit < cfg.pair_units + cfg.copy_units; unit += cfg.grid.threads_x) {
-    if (unit < cfg.pair_units) {
-      const int64_t i0 = unit * P;
-      if (i0 + P <= a.num_pairs) {
-        rotate_unit<P, kVec, kTables, kStyle>(a, i0, first_token, token_step, head_begin, head_end);
-      } else {  // the row's last pairs, fewer than a unit: element by element
-        for (int64_t i = i0; i < a.num_pairs; ++i) {
-          rotate_unit<1, false, kTables, kStyle>(a, i, first_token, token_step, head_begin, head_end);
-        }
-      }
+    if (unit < cfg.pair_units) {  // whole units: a vectorized launch has num_pairs a multiple of P (launch.h)
+      rotate_unit<P, kVec, kTables, kStyle>(a, unit * P, first_token, token_step, head_begin, head_end);
     } else {
       const int64_t col0 = a.rotary_dim + (unit - cfg.pair_units) * VEC;
       if (col0 + VEC <= a.head_dim) {

@@ -64,15 +64,17 @@ RotaryArgs<scalar_t, table_t> make_args(const RotaryProblem& p, at::Tensor& devi
     a.sin_stride_r = p.sin.stride(1);
     a.sin_stride_d = p.sin.stride(2);
   }
-  a.scaling = static_cast<acc_t>(p.attention_scaling);
+  a.cos_scaling = static_cast<acc_t>(p.attention_scaling);
+  a.sin_scaling = p.transpose ? -a.cos_scaling : a.cos_scaling;
   a.precise_angle = p.precise_angle;
   a.transpose = p.transpose;
   a.in_place = p.in_place;
   return a;
 }
 
-// Whether every unit can move its columns in 16-byte vectors of vec elements: every row of q, k, their outputs and
-// the tables aligned with unit column strides, neox halves starting on a vector boundary, pass-through columns too.
+// Whether every unit can move its columns in 16-byte vectors of vec elements: whole units of pairs (neox: each half a
+// multiple of vec; gptj: rotary_dim a multiple of vec), every row of q, k, their outputs and the tables aligned with
+// unit column strides, pass-through columns starting on a vector boundary.
 template <typename scalar_t, typename table_t>
 bool vectorizable(const RotaryProblem& p, int vec) {
   const bool neox = p.style == Style::kNeox;
