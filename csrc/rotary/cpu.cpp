@@ -14,10 +14,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <optional>
 #include <type_traits>
-#include <vector>
+#include <utility>
 
 #include "common/cpu_rows.h"
 #include "common/cpu_sincos.h"
@@ -233,7 +234,7 @@ class Operand {
 
   // Work items: (batch row, outer index, chunk of a run), each a run of rows.
   int64_t items() const { return batch_ * outer_ * chunks_; }
-  int64_t rows_per_item() const { return std::min(run_, run_chunk_); }
+  int64_t rows_per_item() const { return std::max<int64_t>(1, std::min(run_, run_chunk_)); }
 
   void rotate(int64_t item, const TokenCoefficients<acc_t>& coefficients) const {
     const int64_t chunk = item % chunks_, o = item / chunks_ % outer_, b = item / chunks_ / outer_;

@@ -130,3 +130,13 @@ def test_transpose_inverts_the_rotation(impl):
         rotated, _ = impl(q, None, **options)
         back, _ = impl(rotated, None, transpose=True, **options)
         torch.testing.assert_close(back, q, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
+def test_empty_inputs(impl):
+    """No tokens, no batch rows, or no query heads: nothing to rotate, k still rotated where it has rows."""
+    for q_shape, k_shape in (((2, 3, 0, 8), (2, 1, 0, 8)), ((0, 3, 4, 8), (0, 1, 4, 8)), ((2, 0, 4, 8), (2, 2, 4, 8))):
+        q, k = torch.randn(q_shape), torch.randn(k_shape)
+        q_out, k_out = impl(q, k, offset=2)
+        assert q_out.shape == q.shape and k_out.shape == k.shape
+        check(k_out, k, torch.arange(2, 2 + k.shape[2]).expand(k.shape[0], k.shape[2]), hf_inv_freq(10000.0, 8))
