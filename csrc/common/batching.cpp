@@ -59,9 +59,10 @@ void batched_kernel(const c10::OperatorHandle& op, torch::jit::Stack* stack, Fol
     c10::IValue& value = args.values()[i];
     const auto* batched = value.isTensor() ? at::functorch::maybeGetBatchedImpl(value.toTensor()) : nullptr;
     if (batched == nullptr || batched->level() != level) continue;
+    at::Tensor unwrapped = batched->value();  // before `value` (which owns *batched) is replaced
     dims[i] = batched->bdim();
-    value = batched->value();
-    batch_size = value.toTensor().size(*dims[i]);
+    batch_size = unwrapped.size(*dims[i]);
+    value = std::move(unwrapped);
   }
   for (size_t i = 0; i < arguments.size(); ++i) {
     const c10::AliasInfo* alias = arguments[i].alias_info();

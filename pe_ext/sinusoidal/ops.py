@@ -17,10 +17,11 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from .._checks import INT64_MAX, SUPPORTED_DTYPES
+from .._checks import INT64_MAX, SUPPORTED_DTYPES, check_keywords
 from . import checks, fallback, schema
 
-_backend.register_family("sinusoidal", _backend.Family(schema.SCHEMAS, fallback.KERNELS, composite=set(fallback.KERNELS)))
+_backend.register_family("sinusoidal",
+                         _backend.Family(schema.SCHEMAS, fallback.KERNELS, composite=set(fallback.KERNELS)))
 
 
 def _seq_dim(x: Tensor, batch_first: bool) -> int:
@@ -32,6 +33,13 @@ def _checked_offset(offset: int) -> int:
     if isinstance(offset, int) and not -(2**63) <= offset <= INT64_MAX:
         raise ValueError(f"pe_ext: offset must be >= 0 and fit in int64, got {offset}")
     return offset
+
+
+def checked_encoding(encoding: dict, caller: str) -> dict:
+    """The encoding keywords (schema.ENCODING), any other name being a TypeError that names it."""
+    if encoding:
+        check_keywords(encoding, schema.ENCODING, caller)
+    return encoding
 
 
 def check_table_args(num_positions: int, d_model: int) -> None:
@@ -78,17 +86,23 @@ def _dropout_keywords(x: Tensor, dropout: float, generator: torch.Generator | No
     if dropout == 0:
         return {}
     device = "cpu" if generator is None else generator.device
-    if generator is None and x.is_cuda and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing():
+    capturing = x.is_cuda and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing()
+    if generator is None and capturing:
         device = x.device
     return {"dropout": dropout, "seed": torch.randint(0, 2**63 - 1, (), generator=generator, device=device)}
 
 
-def _checked_scale(scale: float) -> float:
+def _checked_call(offset: int, scale: float, encoding: dict, caller: str) -> int:
+    """The checks the ops cannot make (in one function: decoding calls are overhead-bound); returns offset."""
     # torch's argument parser would turn a 0-dim tensor into a float, silently dropping its gradient.
     if isinstance(scale, Tensor):
         raise TypeError("pe_ext: scale must be a number, got a Tensor (a tensor's gradient would be lost); for a "
                         "learnable factor on pe pass alpha=, and multiply x by a learnable factor yourself")
-    return scale
+    if encoding:
+        checked_encoding(encoding, caller)
+    if isinstance(offset, int) and not -(2**63) <= offset <= INT64_MAX:  # as _checked_offset, inlined
+        raise ValueError(f"pe_ext: offset must be >= 0 and fit in int64, got {offset}")
+    return offset
 
 
 def add_sinusoidal_pe(x: Tensor, table: Tensor | None = None, *, offset: int = 0, scale: float = 1.0,
@@ -108,7 +122,7 @@ def add_sinusoidal_pe(x: Tensor, table: Tensor | None = None, *, offset: int = 0
     given, else computed on the fly with no length limit. `out`, if given, is written and returned (no autograd,
     as with torch's out= arguments).
     """
-    seq_dim, offset, scale = _seq_dim(x, batch_first), _checked_offset(offset), _checked_scale(scale)
+    seq_dim, offset = _seq_dim(x, batch_first), _checked_call(offset, scale, encoding, "add_sinusoidal_pe()")
     keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx),
                 **_dropout_keywords(x, dropout, generator), **encoding}
     if out is None:
@@ -124,8 +138,9 @@ def add_sinusoidal_pe_(x: Tensor, table: Tensor | None = None, *, offset: int = 
     """add_sinusoidal_pe written into x, which is returned. Autograd records it as torch records its own in-place
     ops (a leaf that requires grad is refused, tensors saved for backward are checked)."""
     seq_dim = _seq_dim(x, batch_first)
+    offset = _checked_call(offset, scale, encoding, "add_sinusoidal_pe_()")
     keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx), **encoding}
-    torch.ops.pe_ext.add_pe_.default(x, table, _checked_offset(offset), _checked_scale(scale), seq_dim, **keywords)
+    torch.ops.pe_ext.add_pe_.default(x, table, offset, scale, seq_dim, **keywords)
     return x
 
 
@@ -136,6 +151,7 @@ def sinusoidal_table(num_positions: int, d_model: int, *, offset: int = 0, dtype
     if dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"pe_ext: dtype must be float32, float64, float16 or bfloat16, got {dtype}")
     out = torch.empty(num_positions, d_model, dtype=dtype, device=device)
+    encoding = checked_encoding(encoding, "sinusoidal_table()")
     torch.ops.pe_ext.fill_table_.default(out, _checked_offset(offset), **encoding)
     return out
 
@@ -148,7 +164,7 @@ def sinusoidal_embedding(positions: Tensor, d_model: int, *, offset: int = 0, pa
         raise ValueError(f"pe_ext: d_model must be > 0, got {d_model}")
     out = torch.empty(positions.numel(), d_model, dtype=dtype, device=positions.device)
     torch.ops.pe_ext.fill_table_.default(out, offset, positions=positions.reshape(-1), padding_idx=padding_idx,
-                                         **encoding)
+                                         **checked_encoding(encoding, "sinusoidal_embedding()"))
     return out.reshape(*positions.shape, d_model)
 
 

@@ -39,7 +39,8 @@ def reference_add(x, table=None, offset=0, scale=1.0, alpha=1.0, seq_first=False
     """x * scale + alpha * pe in torch ops, pe from `table` or the float64 oracle, positions along dimension -2 (-3
     when seq_first): the re-implementation that torch's autograd and torch.func differentiate for comparison."""
     seq_len, d_model = x.shape[-3 if seq_first else -2], x.shape[-1]
-    rows = table[offset : offset + seq_len] if table is not None else oracle_pe(range(offset, offset + seq_len), d_model)
+    positions = range(offset, offset + seq_len)
+    rows = table[offset : offset + seq_len] if table is not None else oracle_pe(positions, d_model)
     return x * scale + alpha * (rows.unsqueeze(1) if seq_first else rows)
 
 
@@ -199,6 +200,23 @@ def test_every_torch_func_transform_matches_torch_ops(table):
     same(lambda f: torch.func.vmap(torch.func.grad(f, argnums=argnums), in_dims=(0, None, None))(x, rows, alpha))
 
 
+def test_per_sample_gradients_of_a_module_parameter():
+    """functional_call + vmap(grad): ESPnet's learnable alpha gets one gradient per sample, sum(grad * pe)."""
+    module = pe_ext.ScaledPositionalEncoding(6, 16, alpha=0.5).double()
+    params = {"alpha": module.alpha.detach()}
+    x = torch.randn(5, 4, 6, dtype=F64)
+
+    def sample_loss(params, sample):
+        return torch.func.functional_call(module, params, (sample.unsqueeze(0),)).square().sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(sample_loss), in_dims=(None, 0))(params, x)["alpha"]
+    assert per_sample.shape == (5,)
+    for sample, got in zip(x, per_sample):
+        alpha = module.alpha.detach().clone().requires_grad_()
+        (want,) = torch.autograd.grad(reference_add(sample, alpha=alpha).square().sum(), alpha)
+        torch.testing.assert_close(got, want)
+
+
 def test_vmap_of_every_op_computes_each_sample():
     """vmap of each op against the torch-ops re-implementation (or, with dropout, the op on each sample: vmap's
     definition), x vmapped along any dimension, other arguments vmapped too; the compiled ops without torch's slow
@@ -237,7 +255,17 @@ def test_the_same_paths_under_the_fallback():
     """This file, and the other files' tests of issue 11's behaviours, with the fallback registered under the op
     names (no compiled extension loaded)."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    tests = [os.path.join("tests", "sinusoidal", name) for name in ("test_transforms.py",)]
+    tests = [os.path.join("tests", "sinusoidal", name) for name in (
+        "test_transforms.py",
+        "test_compile_export.py::test_training_with_dropout_compiles_in_one_graph_and_draws_a_fresh_mask_per_call",
+        "test_compile_export.py::test_export_of_a_training_module_with_dropout_draws_a_fresh_mask_per_call",
+        "test_module.py::test_constructors_check_every_argument",
+        "test_module.py::test_parametrized_alpha_and_table",
+        "test_layers.py::test_grow_follows_explicit_positions",
+        "test_layers.py::test_espnets_layers_and_their_gradients",
+        "test_layers.py::test_scaled_positional_encoding_state_dict_is_espnets",
+        "test_concurrency.py::test_threads_sharing_a_growing_module",
+    )]
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::RuntimeWarning", *tests],
         env={**os.environ, "PE_EXT_FORCE_FALLBACK": "1"}, cwd=root, capture_output=True, text=True, check=False,
