@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch._subclasses.fake_tensor import is_fake
 
 from .._checks import (
     INT64_MAX,
@@ -229,10 +228,10 @@ def _check_table_rows(p: Problem, longest_sequence: int) -> None:
 
 def check_rotary(q: Tensor, k: Tensor | None, options: dict, in_place: bool, has_storage: bool = True) -> Problem:
     """rotary's and rotary_'s checks, in csrc/rotary/ops.cpp's order. has_storage=False (fake tensors, which hold no
-    data) leaves out those that read addresses or values; functorch's wrappers (vmap's, for the composites that serve
-    as batching rules) hide addresses only."""
-    # The fallback's composites traced by torch.compile see fake tensors, which hold no data either.
-    has_storage = has_storage and not any(isinstance(t, Tensor) and is_fake(t) for t in (q, k, *options.values()))
+    data) leaves out those that read addresses or values, as do fake tensors and functorch's wrappers (vmap's, for the
+    composites that serve as batching rules)."""
+    # Fake tensors (the fallback's composites traced by torch.compile) and functorch's wrappers hide data and addresses.
+    has_storage = has_storage and has_visible_memory(q, k, *(t for t in options.values() if isinstance(t, Tensor)))
     # What the compiled ops check in their Autograd and ADInplaceOrView kernels comes first, as there.
     check_constants(options)
     if in_place:
@@ -244,7 +243,7 @@ def check_rotary(q: Tensor, k: Tensor | None, options: dict, in_place: bool, has
     _check_qk(q, k, layout)
     _check_style(options["style"])
     if in_place:
-        _check_writes(q, k, options, has_storage and has_visible_memory(q, k))
+        _check_writes(q, k, options, has_storage)
     qc = canonical(q, layout)
     batch, seq, _, head_dim = qc.shape
     offset = options["offset"]
@@ -265,7 +264,7 @@ def check_rotary(q: Tensor, k: Tensor | None, options: dict, in_place: bool, has
     p = Problem(qc, None if k is None else canonical(k, layout), rotary_dim, options["style"], freqs, options["base"],
                 cos, sin, positions, cu_seqlens, offset, options["attention_scaling"], options["precise_angle"],
                 options["transpose"])
-    if cos is not None and has_storage and has_visible_memory(q, cos):
+    if cos is not None and has_storage:
         _check_table_rows(p, longest)
     return p
 
