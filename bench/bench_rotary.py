@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import statistics
 import sys
 from dataclasses import dataclass
@@ -168,6 +169,8 @@ def header_lines(args, sweep: harness.Sweep) -> list[str]:
         (f"q (batch, heads, seq, {HEAD_DIM}) and k (batch, 8, seq, {HEAD_DIM}) in HF's layout; 8B: 32 query heads, 70B: "
          "64; HF's cos and sin (built once, outside the timed calls) for hf_*, pe_ext_cos_sin and liger/flash_attn"),
         "bytes moved: read q and k + write them; x_clone = provider time / clone time (1.00 is the memory floor)",
+        (f"machine load (1-minute load average, {os.cpu_count()} CPUs) at the start and the end of the run: "
+         f"{args.load_at_start:.1f}, {os.getloadavg()[0]:.1f}"),
         harness.peak_rss_line(),
         *([f"PARTIAL RESULTS: {sweep.interrupted}"] if sweep.interrupted else []),
     ]
@@ -205,6 +208,7 @@ def main() -> None:
     args = harness.parse_args("rotary", __doc__, lambda parser: parser.add_argument(
         "--skip-compiled", action="store_true", help="leave out the torch.compile provider"))
     torch._dynamo.config.recompile_limit = 256  # never fall back to eager silently in the compiled column
+    args.load_at_start = os.getloadavg()[0]  # a shared machine's other work slows every provider, unevenly
     sweep = run(args)
     harness.write_results(args.out, header_lines(args, sweep), COLUMNS, [row_values(r) for r in sweep.rows],
                           summary(sweep.rows), lambda path: plot(sweep.rows, path, args.device))
