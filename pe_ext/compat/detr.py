@@ -29,8 +29,8 @@ class NestedTensor(NamedTuple):
 class PositionEmbeddingSine(nn.Module):
     """DETR's PositionEmbeddingSine(num_pos_feats=64, temperature=10000, normalize=False, scale=None).
 
-    forward(x, mask=None), x a NestedTensor (or anything with .tensors and .mask, as DETR's) or a tensor
-    (batch, channels, height, width) with its padding mask (batch, height, width), returns the channels-first
+    forward(tensor_list, mask=None), tensor_list a NestedTensor (anything with .tensors and .mask, as DETR's) or a
+    tensor (batch, channels, height, width) with its padding mask (batch, height, width), returns the channels-first
     (batch, 2 * num_pos_feats, height, width) embedding: num_pos_feats channels for the row position, then as many
     for the column, each interleaving sin and cos, positions counted over the unpadded pixels (1, 2, ...; with
     normalize, divided by the last count + 1e-6 and times scale, 2 pi by default). DETR's float32 angles
@@ -50,7 +50,8 @@ class PositionEmbeddingSine(nn.Module):
         self.num_pos_feats, self.temperature, self.normalize = num_pos_feats, temperature, normalize
         self.scale = 2 * math.pi if scale is None else scale
 
-    def forward(self, x, mask: Tensor | None = None) -> Tensor:
+    def forward(self, tensor_list, mask: Tensor | None = None) -> Tensor:
+        x = tensor_list
         if hasattr(x, "tensors"):
             x, mask = x.tensors, x.mask
         if mask is None:

@@ -132,6 +132,9 @@ class EspnetRelPositionalEncoding(nn.Module):
 
 
 class EspnetStreamPositionalEncoding(EspnetPositionalEncoding):
+    def __init__(self, d_model, dropout_rate, max_len=5000):
+        super().__init__(d_model, dropout_rate, max_len)
+
     def forward(self, x, start_idx: int = 0):
         self.extend_pe(torch.zeros(1, x.size(1) + start_idx, dtype=x.dtype, device=x.device))
         return self.dropout(x * self.xscale + self.pe[:, start_idx: start_idx + x.size(1)])
