@@ -16,32 +16,32 @@ from ._common import scaled_dropout
 class PositionalEncoding(modules.PositionalEncoding):
     """ESPnet's PositionalEncoding(d_model, dropout_rate, max_len=5000, reverse=False): forward(x) =
     dropout(x * sqrt(d_model) + pe[:, :seq_len]) for x of shape (batch, seq_len, d_model). The table is not in
-    state_dict, and a `pe` saved by ESPnet before v0.5.2 is dropped on load, as ESPnet does. reverse=True counts the
-    positions down from the table's length, as ESPnet does: L - 1, L - 2, ..., where L is max_len or the longest
-    sequence seen so far (ESPnet's table length). Dropout is fused (a Philox mask, not nn.Dropout's generator)."""
+    state_dict, and a `pe` saved by ESPnet before v0.5.2 is dropped on load, as ESPnet does. reverse=True holds the
+    table reversed, as ESPnet does: rows at positions L - 1, L - 2, ..., 0, where L is max_len or the longest sequence
+    seen so far (the table is rebuilt with exactly that many rows). Dropout is fused (a Philox mask, not nn.Dropout's
+    generator)."""
 
     def __init__(self, d_model: int, dropout_rate: float, max_len: int = 5000, reverse: bool = False) -> None:
         super().__init__(d_model, max_len, dropout_rate, persistent=False, grow=True, scale=math.sqrt(d_model))
         self.xscale, self.reverse = self.scale, reverse
-        self.span = max_len  # ESPnet's table length, from which reverse=True counts down
+        if reverse:
+            self.pe = self.pe.flip(1)
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
         self._follow(x)
-        if not self.reverse:
-            return super().forward(x, offset)
-        return super().forward(x, positions=self._counted_down(x.shape[1]))
+        return super().forward(x, offset)
 
     def _follow(self, x: Tensor) -> None:
         """Moves the table to x's device, as ESPnet's extend_pe does (its dtype stays float32)."""
         if self.pe.device != x.device:
             self.pe = self.pe.to(x.device)
 
-    def _counted_down(self, seq_len: int) -> Tensor:
-        """Positions span - 1, ..., span - seq_len, where span grows to seq_len as ESPnet's table does."""
-        self.span = max(self.span, seq_len)
-        if self.span > self.max_len:
-            self._grow_table(self.span)
-        return torch.arange(self.span - 1, self.span - 1 - seq_len, -1, device=self.pe.device)
+    def _grow_table(self, needed: int) -> Tensor:
+        if not self.reverse:
+            return super()._grow_table(needed)
+        self.pe = self._build_rows(0, needed, self.pe.device, self.pe.dtype).flip(1)  # positions needed - 1 ... 0
+        self.max_len = needed
+        return self.pe
 
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         state_dict.pop(prefix + "pe", None)  # saved until ESPnet v0.5.2, dropped on load since
@@ -64,16 +64,18 @@ class ScaledPositionalEncoding(PositionalEncoding):
 
 class LegacyRelPositionalEncoding(PositionalEncoding):
     """ESPnet's LegacyRelPositionalEncoding(d_model, dropout_rate, max_len=5000): forward(x) returns
-    (dropout(x * sqrt(d_model)), dropout(pos_emb)), pos_emb of shape (1, seq_len, d_model) at positions L - 1, ...,
-    L - seq_len (L: max_len or the longest sequence seen, as ESPnet's reversed table), in x's dtype."""
+    (dropout(x * sqrt(d_model)), dropout(pos_emb)), pos_emb the first seq_len rows of the reversed table (positions
+    L - 1, ..., L - seq_len; L: max_len or the longest sequence seen), in x's dtype."""
 
     def __init__(self, d_model: int, dropout_rate: float, max_len: int = 5000) -> None:
         super().__init__(d_model, dropout_rate, max_len, reverse=True)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         self._follow(x)
-        positions = self._counted_down(x.shape[1])  # grows the table first
-        pos_emb = self.pe[0].index_select(0, positions).unsqueeze(0).to(x.dtype)
+        seq_len = x.shape[1]
+        if seq_len > self.max_len:
+            self._grow_table(seq_len)
+        pos_emb = self.pe[:, :seq_len].to(x.dtype)
         p = self.dropout.p
         return scaled_dropout(x, self.xscale, p, self.training), scaled_dropout(pos_emb, 1.0, p, self.training)
 

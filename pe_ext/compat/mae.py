@@ -20,7 +20,8 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int, cls_token: bool = Fa
     half = embed_dim // 2
     omega = 1.0 / 10000 ** (torch.arange(half // 2, dtype=torch.float64) / (half / 2.0))
     line = ops.sinusoidal_table(grid_size, half, dtype=torch.float64, layout="concatenated", frequencies=omega)
-    grid = torch.cat([line.repeat(grid_size, 1), line.repeat_interleave(grid_size, dim=0)], dim=1)
-    if cls_token:
-        grid = torch.cat([torch.zeros(1, embed_dim, dtype=torch.float64), grid], dim=0)
-    return grid.numpy()
+    table = torch.zeros(int(cls_token) + grid_size**2, embed_dim, dtype=torch.float64)
+    patches = table[int(cls_token):].view(grid_size, grid_size, embed_dim)  # (row, column, channel)
+    patches[..., :half] = line[None, :, :]  # the column's encoding
+    patches[..., half:] = line[:, None, :]  # the row's
+    return table.numpy()
