@@ -5,7 +5,7 @@ Three tables cover the models:
   - fairseq_style_table: M2M100 (and NLLB), NLLB-MoE, Speech2Text, XGLM, TrOCR and FSMT (fairseq's get_embedding:
     float32 timescale frequencies, sines then cosines, the padding row zero);
   - marian_table: Marian and Pegasus (XLM's formula in float64 NumPy, rounded to float32; sines of the even
-    columns' frequencies first, then cosines of the odd ones');
+    columns' frequencies first, then cosines of the odd ones'), within 1 float32 ulp;
   - whisper_sinusoids: Whisper's encoder (float32 timescales, sines then cosines).
 """
 
@@ -38,9 +38,13 @@ def _marian_frequencies(embedding_dim: int, device) -> Tensor:
 
 
 def marian_rows(positions: Tensor, embedding_dim: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Marian's and Pegasus' rows at `positions` (any shape): the float64 formula rounded to dtype, computed by
-    pe_ext's float64 kernel; the sines of the ceil(d / 2) even columns' frequencies, then the cosines of the odd
-    ones'."""
+    """Marian's and Pegasus' rows at `positions` (any shape), their float64 formula rounded to dtype: an even width
+    (Marian's and Pegasus' own) by pe_ext's float32 kernel with the angle formed and reduced in float64
+    (precise_angle; within 1 ulp of the float64 value rounded); an odd one by the float64 kernel (the sines of the
+    ceil(d / 2) even columns' frequencies, then the cosines of the odd ones')."""
+    if embedding_dim % 2 == 0:
+        return ops.sinusoidal_embedding(positions, embedding_dim, dtype=dtype, layout="concatenated",
+                                        precise_angle=True)
     interleaved = ops.sinusoidal_embedding(positions, embedding_dim, dtype=torch.float64,
                                            frequencies=_marian_frequencies(embedding_dim, positions.device))
     return torch.cat([interleaved[..., 0::2], interleaved[..., 1::2]], dim=-1).to(dtype)

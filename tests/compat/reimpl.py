@@ -184,6 +184,16 @@ class FairseqSinusoidalPositionalEmbedding(nn.Module):
         return weights.index_select(0, ids.view(-1)).view(bsz, seq_len, -1)
 
 
+# --- Hugging Face's Marian and Pegasus (create_weight): position / 10000 ** (2 (j // 2) / d) in float64 NumPy, the
+# sines of the even columns, then the cosines of the odd ones, rounded to float32. (Their other tables are checked
+# against transformers' own code.)
+
+def marian_rows(positions: Tensor, dim: int) -> Tensor:
+    j = np.arange(dim)
+    angle = positions.numpy().astype(np.float64)[:, None] / np.power(10000, 2 * (j // 2) / dim)[None, :]
+    return torch.from_numpy(np.concatenate([np.sin(angle[:, 0::2]), np.cos(angle[:, 1::2])], axis=1)).float()
+
+
 # --- tensor2tensor (tensor2tensor/layers/common_attention.py), its TensorFlow float32 graph written in torch.
 
 def t2t_signal(length, channels, min_timescale=1.0, max_timescale=1.0e4, start_index=0) -> Tensor:

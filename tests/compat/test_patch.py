@@ -12,7 +12,7 @@ from torch import nn
 import pe_ext
 from pe_ext.compat import detr, diffusers, espnet, fairseq, hf, xtransformers
 from tests.compat import reimpl
-from tests.compat.common import ulps
+from tests.compat.common import BACKENDS, served_by, ulps
 
 transformers = pytest.importorskip("transformers")
 
@@ -104,15 +104,20 @@ def test_other_hugging_face_modules(family, name, args):
 
 # --- The tables, against Hugging Face's own code.
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dim", [16, 17])
-def test_tables_equal_hugging_faces(dim):
+def test_tables_equal_hugging_faces(backend, dim):
     m2m100 = transformers.models.m2m_100.modeling_m2m_100.M2M100SinusoidalPositionalEmbedding
-    assert ulps(hf.fairseq_style_table(3000, dim, 1), m2m100.get_embedding(3000, dim, 1)) <= 2
-    marian = transformers.models.marian.modeling_marian.MarianSinusoidalPositionalEmbedding(400, dim)
-    assert ulps(hf.marian_table(400, dim), marian.create_weight()) <= 0.5  # float64 sin, rounded once
-    if dim % 2 == 0:
-        sinusoids = transformers.models.whisper.modeling_whisper.sinusoids
-        assert ulps(hf.whisper_sinusoids(1500, dim), sinusoids(1500, dim)) <= 2
+    marian = transformers.models.marian.modeling_marian.MarianSinusoidalPositionalEmbedding(3000, dim)
+    far = torch.tensor([0, 1, 2, 99_998, 99_999])
+    with served_by(backend):
+        assert ulps(hf.fairseq_style_table(3000, dim, 1), m2m100.get_embedding(3000, dim, 1)) <= 2
+        # even widths: float32 sin/cos of the angle reduced in float64; odd: float64 sin/cos rounded once
+        assert ulps(hf.marian_table(3000, dim), marian.create_weight()) <= (1 if dim % 2 == 0 else 0.5)
+        assert ulps(hf.marian_rows(far, dim), reimpl.marian_rows(far, dim)) <= (1 if dim % 2 == 0 else 0.5)
+        if dim % 2 == 0:
+            sinusoids = transformers.models.whisper.modeling_whisper.sinusoids
+            assert ulps(hf.whisper_sinusoids(1500, dim), sinusoids(1500, dim)) <= 2
 
 
 # --- The projects' classes and the classic `pe` buffer.
