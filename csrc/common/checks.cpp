@@ -1,6 +1,5 @@
 #include "common/checks.h"
 
-#include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -68,12 +67,6 @@ void check_no_shared_memory(const at::Tensor& written, const char* name, const a
   TORCH_CHECK_VALUE(!share_memory(written, read), "pe_ext: ", name, "'s memory overlaps ", read_name,
                     "'s, which the op still reads while writing ", name, "; pass a separate tensor (e.g. ", read_name,
                     ".clone())");
-}
-
-void check_untracked(const c10::optional<at::Tensor>& t, const char* name, const char* op, const char* alternative) {
-  TORCH_CHECK(!(t.has_value() && t->defined() && at::GradMode::is_enabled() && t->requires_grad()), "pe_ext: ", name,
-              " requires grad, but ", op, " has no autograd formula; use the out-of-place ", alternative,
-              ", or run under torch.no_grad()");
 }
 
 void check_offset(int64_t offset, int64_t count) {

@@ -50,6 +50,12 @@ FrequencyRecipe make_recipe(const SinusoidalOptions& o) {
   return r;
 }
 
+void check_frequencies_untracked(const c10::optional<at::Tensor>& inv_freq) {
+  TORCH_CHECK(!(inv_freq.has_value() && inv_freq->defined() && at::GradMode::is_enabled() && inv_freq->requires_grad()),
+              "pe_ext: inv_freq requires grad, but pe_ext does not differentiate with respect to the frequencies; "
+              "pass inv_freq.detach()");
+}
+
 // A caller's frequencies replace the recipe: the options that make one must keep their defaults (schema.py's).
 void check_inv_freq(const SinusoidalOptions& o, const EncodingSpec& s, const at::Tensor& like, const char* like_name) {
   if (!o.inv_freq.has_value() || !o.inv_freq->defined()) return;
@@ -97,12 +103,28 @@ void attach_frequencies(SinusoidalProblem& p, const Encoding& e, const Sinusoida
   p.max_abs_freq = t.max_abs;
 }
 
-void attach_padding_and_dropout(SinusoidalProblem& p, const SinusoidalOptions& o) {
+// `like` is x (or out when building a table). A CPU seed is read here; one on x's device is read by the kernel, so
+// that a captured CUDA graph reads the seed each replay draws.
+void attach_padding_and_dropout(SinusoidalProblem& p, const SinusoidalOptions& o, const at::Tensor& like) {
   TORCH_CHECK_VALUE(o.padding_idx >= -1, "pe_ext: padding_idx must be >= 0, or -1 for none; got ", o.padding_idx);
   TORCH_CHECK_VALUE(o.dropout >= 0 && o.dropout < 1, "pe_ext: dropout must be in [0, 1), got ", o.dropout);
   p.padding_idx = o.padding_idx;
   p.dropout = o.dropout;
-  p.seed = static_cast<uint64_t>(o.seed);
+  const bool has_seed = o.seed.has_value() && o.seed->defined();
+  TORCH_CHECK_VALUE(has_seed || o.dropout == 0,
+                    "pe_ext: dropout > 0 needs seed, a one-element int64 tensor, e.g. torch.randint(2**63 - 1, ())");
+  if (!has_seed) return;
+  const at::Tensor& seed = *o.seed;
+  TORCH_CHECK_TYPE(seed.scalar_type() == at::kLong, "pe_ext: seed must be an int64 tensor, got ", seed.scalar_type());
+  TORCH_CHECK_VALUE(seed.numel() == 1, "pe_ext: seed must hold one value, got shape ", seed.sizes());
+  TORCH_CHECK_VALUE(seed.is_cpu() || seed.device() == like.device(), "pe_ext: seed is on ", seed.device(),
+                    " but must be on the CPU or on x's device (", like.device(), ")");
+  if (o.dropout == 0) return;
+  if (seed.is_cpu()) {
+    p.seed = static_cast<uint64_t>(*seed.const_data_ptr<int64_t>());
+  } else {
+    p.seed_on_device = seed.reshape({});
+  }
 }
 
 // `like` is x (or out when building a table): alpha lives on its device and is kept in its math dtype.
@@ -210,23 +232,7 @@ void check_out(const at::Tensor& out, const at::Tensor& x) {
   check_same_device(out, "out", x, "x");
 }
 
-void check_writes_untracked(const at::Tensor& x, const c10::optional<at::Tensor>& table,
-                            const SinusoidalOptions& options, const at::Tensor& out, Write write) {
-  const char* op = write == Write::kInPlace ? "add_pe_ (in place)" : "add_pe_out (out=)";
-  constexpr const char* kAlternative = "add_sinusoidal_pe";
-  check_untracked(x, "x", op, kAlternative);
-  check_untracked(table, "table", op, kAlternative);
-  check_untracked(options.alpha, "alpha", op, kAlternative);
-  if (write == Write::kOut) check_untracked(out, "out", op, kAlternative);
-}
-
 }  // namespace
-
-void check_frequencies_untracked(const c10::optional<at::Tensor>& inv_freq) {
-  TORCH_CHECK(!(inv_freq.has_value() && inv_freq->defined() && at::GradMode::is_enabled() && inv_freq->requires_grad()),
-              "pe_ext: inv_freq requires grad, but pe_ext does not differentiate with respect to the frequencies; "
-              "pass inv_freq.detach()");
-}
 
 SinusoidalProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset,
                                  double scale, int64_t seq_dim, const SinusoidalOptions& options, const at::Tensor& out,
@@ -234,7 +240,6 @@ SinusoidalProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Te
   check_x(x, seq_dim, scale);
   const Encoding encoding = checked_encoding(options, x, "x");
   check_out(out, x);
-  if (write != Write::kNew) check_writes_untracked(x, table, options, out, write);
   const char* out_name = write == Write::kInPlace ? "x" : "out";
   check_distinct_elements(out, out_name);
   if (write != Write::kInPlace) check_no_shared_memory(out, "out", x, "x");
@@ -251,7 +256,7 @@ SinusoidalProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Te
   p.offset = offset;
   p.scale = scale;
   p.spec = encoding.spec;
-  attach_padding_and_dropout(p, options);
+  attach_padding_and_dropout(p, options, x);
   attach_alpha(p, options.alpha, x);
   const PositionRange used = attach_positions(p, options.positions, x, "x", [&](const at::Tensor& ids) {
     return ids.dim() == 1 ? ids.unsqueeze(0) : (dim == 0 ? ids.transpose(0, 1) : ids);
@@ -268,14 +273,12 @@ SinusoidalProblem prepare_fill_table(const at::Tensor& out, int64_t offset, cons
   TORCH_CHECK_VALUE(out.dim() == 2, "pe_ext: out must be 2-D (num_positions, d_model), got shape ", out.sizes());
   check_supported_dtype(out, "out");
   const Encoding encoding = checked_encoding(options, out, "out");
-  check_untracked(out, "out", "fill_table_", "add_sinusoidal_pe");
-  check_untracked(options.alpha, "alpha", "fill_table_", "add_sinusoidal_pe");
   check_distinct_elements(out, "out");
   SinusoidalProblem p;
   p.out = out.unsqueeze(0);
   p.offset = offset;
   p.spec = encoding.spec;
-  attach_padding_and_dropout(p, options);
+  attach_padding_and_dropout(p, options, out);
   attach_alpha(p, options.alpha, out);
   attach_positions(p, options.positions, out, "out", [](const at::Tensor& ids) { return ids.unsqueeze(0); });
   attach_frequencies(p, encoding, options);

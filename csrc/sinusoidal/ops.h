@@ -34,7 +34,9 @@ namespace pe_ext::sinusoidal {
 //   padding_idx        the position whose pe is zero (fairseq's padding), -1 for none
 //   alpha              a 0-dim tensor multiplying pe (ESPnet's learnable alpha), None for 1
 //   dropout, seed      fused dropout of the result: the mask is a function of (seed, element), so backward
-//                      recomputes it and CPU and CUDA agree
+//                      recomputes it and CPU and CUDA agree. seed is a one-element int64 tensor (needed when
+//                      dropout > 0), on the CPU or on x's device, so that torch.compile, torch.export and CUDA
+//                      graphs trace the op that draws it and replay draws a fresh one
 #define PE_SINUSOIDAL_OPTIONS(X)                                    \
   X(double, base, "float", "10000.0")                               \
   X(c10::string_view, layout, "str", "\"interleaved\"")             \
@@ -48,7 +50,7 @@ namespace pe_ext::sinusoidal {
   X(int64_t, padding_idx, "int", "-1")                              \
   X(const c10::optional<at::Tensor>&, alpha, "Tensor?", "None")     \
   X(double, dropout, "float", "0.0")                                \
-  X(int64_t, seed, "int", "0")
+  X(const c10::optional<at::Tensor>&, seed, "Tensor?", "None")
 
 // Expansions of the list: a schema tail (", float base=10000.0, ..."), a parameter list and an argument list to
 // append after the positional ones, and struct fields.
@@ -87,7 +89,8 @@ struct SinusoidalProblem {
   int64_t padding_idx = -1;
   double scale = 1.0;
   double dropout = 0.0;
-  uint64_t seed = 0;
+  uint64_t seed = 0;          // read on the host from a CPU seed tensor
+  at::Tensor seed_on_device;  // 0-dim int64 on x's (non-CPU) device, read by the kernel; or undefined (seed)
   EncodingSpec spec;
 
   int64_t batch() const { return out.size(0); }
@@ -107,9 +110,6 @@ SinusoidalProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Te
 // Check the arguments of fill_table_ (out: [num_positions, d_model]) and view them as a problem with no x.
 SinusoidalProblem prepare_fill_table(const at::Tensor& out, int64_t offset, const SinusoidalOptions& options);
 
-// Refuses a caller's frequencies that autograd tracks: no gradient flows to them (autograd.cpp checks it before its
-// forward, which runs with grad mode off).
-void check_frequencies_untracked(const c10::optional<at::Tensor>& inv_freq);
 
 // Declares the family's ops (csrc/library.cpp calls it inside the one TORCH_LIBRARY block).
 void define(torch::Library& m);

@@ -24,16 +24,20 @@ void run_grid(const SinusoidalProblem& p, int64_t num_sms) {
                   });
 }
 
-// With x: add_pe written into out; without: fill_table_.
+// With x: add_pe written into out; without: fill_table_. The seed is read the way the kernel reads a seed that lives
+// on the GPU (through its pointer), which the real launch takes only for CUDA seed tensors.
 void add_pe_grid_emulator(const at::Tensor& out, const c10::optional<at::Tensor>& x,
                           const c10::optional<at::Tensor>& table, c10::SymInt offset, double scale, int64_t seq_dim,
                           int64_t num_sms PE_SINUSOIDAL_OPTIONS_PARAMS) {
   const SinusoidalOptions options = PE_SINUSOIDAL_OPTIONS_STRUCT;
-  if (x.has_value() && x->defined()) {
-    run_grid(prepare_add_pe(*x, table, offset.expect_int(), scale, seq_dim, options, out, Write::kOut), num_sms);
-  } else {
-    run_grid(prepare_fill_table(out, offset.expect_int(), options), num_sms);
+  SinusoidalProblem p = x.has_value() && x->defined()
+                            ? prepare_add_pe(*x, table, offset.expect_int(), scale, seq_dim, options, out, Write::kOut)
+                            : prepare_fill_table(out, offset.expect_int(), options);
+  if (p.dropout > 0) {
+    p.seed_on_device = seed->reshape({});
+    p.seed = 0;  // unused: the kernel must read the pointer
   }
+  run_grid(p, num_sms);
 }
 
 }  // namespace

@@ -18,7 +18,9 @@ from .._checks import (
     check_offset_fits,
     check_same_device,
     check_supported_dtype,
-    check_untracked,
+    check_untracked_out,
+    check_writable,
+    has_visible_memory,
 )
 from . import reference, schema
 
@@ -102,11 +104,23 @@ def _check_out(out: Tensor, x: Tensor) -> None:
     check_same_device(out, "out", x, "x")
 
 
-def _check_padding_and_dropout(options: dict) -> None:
+def _check_padding_and_dropout(options: dict, like: Tensor) -> None:
     if options["padding_idx"] < -1:
         raise ValueError(f"pe_ext: padding_idx must be >= 0, or -1 for none; got {options['padding_idx']}")
     if not 0 <= options["dropout"] < 1:
         raise ValueError(f"pe_ext: dropout must be in [0, 1), got {options['dropout']}")
+    seed = options["seed"]
+    if seed is None:
+        if options["dropout"] > 0:
+            raise ValueError("pe_ext: dropout > 0 needs seed, a one-element int64 tensor, e.g. "
+                             "torch.randint(2**63 - 1, ())")
+        return
+    if seed.dtype != torch.int64:
+        raise TypeError(f"pe_ext: seed must be an int64 tensor, got {seed.dtype}")
+    if seed.numel() != 1:
+        raise ValueError(f"pe_ext: seed must hold one value, got shape {list(seed.shape)}")
+    if seed.device.type != "cpu" and seed.device != like.device:
+        raise ValueError(f"pe_ext: seed is on {seed.device} but must be on the CPU or on x's device ({like.device})")
 
 
 def _check_alpha(alpha: Tensor | None, like: Tensor) -> None:
@@ -196,27 +210,29 @@ def _check_table(table: Tensor, x: Tensor, d_model: int, used: PositionRange) ->
 def check_add_pe(x: Tensor, table: Tensor | None, offset: int, scale: float, seq_dim: int, options: dict,
                  out: Tensor | None, write: str, has_storage: bool = True):
     """add_pe's checks, in csrc/sinusoidal/ops.cpp's order. has_storage=False (fake tensors, which hold no data)
-    leaves out those that read addresses or values. Returns (seq_dim, offset + positions or None)."""
+    leaves out those that read addresses or values; functorch's wrappers (vmap's, for the composites that serve as
+    batching rules) hide addresses only. Returns (seq_dim, offset + positions or None)."""
+    # What the compiled ops check in their Autograd and ADInplaceOrView kernels comes first, as there.
+    if write == OUT:
+        check_untracked_out({"x": x, "table": table, "out": out, "alpha": options["alpha"]}, "pe_ext::add_pe_out")
+    written, written_name = (x, "x") if write == IN_PLACE else (out, "out")
+    if written is not None:
+        check_writable(written, written_name)
     dim = _checked_seq_dim(x, seq_dim, scale)
     _check_encoding(options, x, "x")
     if write == OUT:
         _check_out(out, x)
-    if write != NEW:
-        op = "add_pe_ (in place)" if write == IN_PLACE else "add_pe_out (out=)"
-        for name, t in (("x", x), ("table", table), ("alpha", options["alpha"])) + ((("out", out),) if write == OUT
-                                                                                     else ()):
-            check_untracked(t, name, op, "add_sinusoidal_pe")
-    written, written_name = (x, "x") if write == IN_PLACE else (out, "out")
-    if written is not None and has_storage:
+    addresses = has_storage and has_visible_memory(x, out, table)
+    if written is not None and addresses:
         check_distinct_elements(written, written_name)
         if write == OUT:
             check_no_shared_memory(out, "out", x, "x")
-    _check_padding_and_dropout(options)
+    _check_padding_and_dropout(options, x)
     _check_alpha(options["alpha"], x)
     used = _checked_positions(options, x, "x", x.shape[:-1], x.shape[dim], offset, has_storage)
     if table is not None:
         _check_table(table, x, x.shape[-1], used)
-        if written is not None and has_storage:
+        if written is not None and addresses:
             check_no_shared_memory(written, written_name, table, "table")
     return dim, used.ids
 
@@ -224,14 +240,13 @@ def check_add_pe(x: Tensor, table: Tensor | None, offset: int, scale: float, seq
 def check_fill_table(out: Tensor, offset: int, options: dict, has_storage: bool = True):
     """fill_table_'s checks, in csrc/sinusoidal/ops.cpp's order (has_storage: as in check_add_pe). Returns
     offset + positions, or None."""
+    check_writable(out, "out")
     if out.dim() != 2:
         raise ValueError(f"pe_ext: out must be 2-D (num_positions, d_model), got shape {list(out.shape)}")
     check_supported_dtype(out, "out")
     _check_encoding(options, out, "out")
-    check_untracked(out, "out", "fill_table_", "add_sinusoidal_pe")
-    check_untracked(options["alpha"], "alpha", "fill_table_", "add_sinusoidal_pe")
-    if has_storage:
+    if has_storage and has_visible_memory(out):
         check_distinct_elements(out, "out")
-    _check_padding_and_dropout(options)
+    _check_padding_and_dropout(options, out)
     _check_alpha(options["alpha"], out)
     return _checked_positions(options, out, "out", out.shape[:-1], out.shape[0], offset, has_storage).ids

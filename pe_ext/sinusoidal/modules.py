@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
-import math
+import threading
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_bool, check_int, check_number
 from . import ops, schema
 
 BufferMode = Literal["table", "none"]
 _BUFFER_MODES = ("table", "none")
+
+# Growing a table (rare) is serialized, so that threads sharing a module build it once; one lock for every module
+# keeps modules picklable and copyable.
+_GROW_LOCK = threading.Lock()
+
+
+def _check_layer_args(layer: str, d_model, max_len, dropout, scale) -> None:
+    check_int(d_model, "d_model", 1)
+    # PyTorch's tutorial and ESPnet take dropout second: PositionalEncoding(512, 0.1) meant dropout=0.1.
+    order = (f"; pe_ext's order is (d_model, max_len, dropout): pass dropout by keyword, e.g. "
+             f"{layer}({d_model}, dropout={max_len})" if isinstance(max_len, float) else "")
+    check_int(max_len, "max_len", 1, order)
+    check_number(dropout, "dropout", finite=False)
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"pe_ext: dropout must be in [0, 1), got {dropout}")
+    check_number(scale, "scale", "; for a learnable factor on pe use ScaledPositionalEncoding (alpha), and multiply "
+                 "x by a learnable factor yourself")
+
 
 # The shapes real code saves its table in, which load_state_dict takes: the seed and ESPnet's legacy checkpoints,
 # PyTorch's nn.Transformer tutorial, and plain rows. state_dict saves in the one the module last loaded, else in its
@@ -85,12 +104,18 @@ class PositionalEncoding(_GivenFrequencies):
             (seq_len, d_model) either way. state_dict saves `pe` as the classic module of that convention does:
             (1, max_len, d_model) (the seed, ESPnet) or (max_len, 1, d_model) (PyTorch's nn.Transformer tutorial).
         scale: factor on x (e.g. math.sqrt(d_model)).
-        grow: with a table, a sequence that needs more than max_len positions grows the table (to twice as many
-            rows, or as many as needed), keeping its rows, dtype and device, as ESPnet does; else it is an error.
+        grow: with a table, a call that needs more than max_len positions (from its length and offset, or from the
+            positions or start_positions it is given) grows the table (to twice as many rows, or as many as needed),
+            keeping its rows, dtype and device, as ESPnet does; else it is an error. Threads may share a growing
+            module. With positions or start_positions, growing reads their largest value (a device sync on CUDA),
+            and torch.compile traces no growth (the op then refuses positions past the table).
         base: the frequency base, 10000 in the paper.
         device: where the table is built.
         encoding: the other encoding keywords of pe_ext.ops (layout, frequencies, min_timescale, max_timescale,
-            frequency_rounding, precise_angle). Frequencies given as a tensor become the buffer `inv_freq`.
+            frequency_rounding, precise_angle); any other keyword is a TypeError. Frequencies given as a tensor
+            become the buffer `inv_freq`.
+
+    Every argument is checked here (type and range), not at the first forward.
 
     load_state_dict takes a `pe` of any length, shaped (1, max_len, d_model), (max_len, 1, d_model) or
     (max_len, d_model), and keeps its values as loaded: the module then serves as many positions as it has, and
@@ -104,16 +129,18 @@ class PositionalEncoding(_GivenFrequencies):
                  buffer: BufferMode = "table", batch_first: bool = True, scale: float = 1.0, grow: bool = False,
                  base: float = schema.DEFAULTS["base"], device: torch.device | str | None = None, **encoding) -> None:
         super().__init__()
-        ops.check_table_args(max_len, d_model)  # even with buffer="none", to fail here rather than in forward
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"pe_ext: dropout must be in [0, 1), got {dropout}")
+        # Every argument now, even with buffer="none", rather than at the first forward.
+        _check_layer_args(type(self).__name__, d_model, max_len, dropout, scale)
         if buffer not in _BUFFER_MODES:
             raise ValueError(f"pe_ext: buffer must be one of {_BUFFER_MODES}, got {buffer!r}")
-        if not isinstance(persistent, bool):
-            raise TypeError(f"pe_ext: persistent must be True or False, got {persistent!r}")
+        check_bool(persistent, "persistent")
+        check_bool(batch_first, "batch_first")
+        check_bool(grow, "grow")
+        check_number(base, "base")
         self.d_model, self.max_len, self.buffer_mode, self.persistent = d_model, max_len, buffer, persistent
         self.batch_first, self.scale, self.grow = batch_first, scale, grow
         self.checkpoint_shape = _CHECKPOINT_SHAPES[0 if batch_first else 1]
+        encoding = ops.checked_encoding(encoding, f"{type(self).__name__}()")
         self.encoding = {"base": base, **self._register_frequencies(encoding, device)}
         # What forward passes to the op: only non-default keywords, which each cost time to parse.
         self._op_encoding = {k: v for k, v in self.encoding.items() if schema.DEFAULTS.get(k) != v}
@@ -139,21 +166,30 @@ class PositionalEncoding(_GivenFrequencies):
                 start_positions: Tensor | None = None) -> Tensor:
         """x plus the encoding of positions offset, offset + 1, ... (offset serves incremental decoding), or of
         offset + positions (ids shaped like x without d_model), or of offset + start_positions[b] + l."""
-        # Decoding calls are overhead-bound: the buffer and parameter are read from their dicts once (nn.Module's
-        # __getattr__ costs ~0.5 us a lookup).
-        pe, alpha = self._buffers["pe"], self._parameters["alpha"]
+        # Decoding calls are overhead-bound: the buffer and parameter are read once, from their dicts when there
+        # (nn.Module's __getattr__ costs ~0.5 us), else as attributes, as torch.nn.utils.parametrize expects.
+        # (.get(name, self.name) would pay the attribute lookup every call.) max_len is read before pe: growth
+        # assigns pe before max_len, so a table read after max_len has at least max_len rows, even while another
+        # thread grows it.
+        max_len, buffers, parameters = self.max_len, self._buffers, self._parameters
+        pe = buffers["pe"] if "pe" in buffers else self.pe  # noqa: SIM401
+        alpha = parameters["alpha"] if "alpha" in parameters else self.alpha  # noqa: SIM401
         if x.dim() in (2, 3):
             if x.shape[-1] != self.d_model:  # other ranks: the op names the problem
                 raise ValueError(f"pe_ext: x's last dimension ({x.shape[-1]}) must equal d_model ({self.d_model})")
             if pe is not None and positions is None and start_positions is None:
                 seq_len = x.shape[1 if x.dim() == 3 and self.batch_first else 0]
-                if offset + seq_len > self.max_len:
+                if offset + seq_len > max_len:
                     if not self.grow:
                         raise ValueError(
                             f"pe_ext: sequence of length {seq_len} at offset {offset} needs {offset + seq_len} "
-                            f"positions, more than max_len={self.max_len}; build the module with a larger max_len, "
+                            f"positions, more than max_len={max_len}; build the module with a larger max_len, "
                             "grow=True or buffer='none'")
-                    pe = self._grow_table(offset + seq_len)
+                    pe = self._grown_table(offset + seq_len)
+            elif pe is not None and self.grow and not torch.compiler.is_compiling():
+                needed = self._positions_needed(x, offset, positions, start_positions)
+                if needed > max_len:
+                    pe = self._grown_table(needed)
         # Dropout is fused into the add; self.dropout (an nn.Dropout, as in the tutorial module) holds p.
         return ops.add_sinusoidal_pe(x, pe, offset=offset, scale=self.scale, batch_first=self.batch_first,
                                      alpha=1.0 if alpha is None else alpha, positions=positions,
@@ -161,12 +197,26 @@ class PositionalEncoding(_GivenFrequencies):
                                      **(self._with_frequencies(self._op_encoding) if "inv_freq" in self._buffers
                                         else self._op_encoding))
 
-    def _grow_table(self, needed: int) -> Tensor:
-        self._extend_table(max(needed, 2 * self.max_len))
-        return self.pe
+    def _positions_needed(self, x: Tensor, offset: int, positions: Tensor | None,
+                          start_positions: Tensor | None) -> int:
+        """One past the largest position of a call with explicit positions (0 for an empty one)."""
+        if positions is not None:
+            return offset + int(positions.max()) + 1 if positions.numel() else 0
+        seq_len = x.shape[1 if x.dim() == 3 and self.batch_first else 0]
+        return offset + int(start_positions.max()) + seq_len if start_positions.numel() and seq_len else 0
+
+    def _grown_table(self, needed: int) -> Tensor:
+        """A table of at least `needed` rows (twice the current ones, or as many as needed). Threads growing one
+        module at once build it once; a concurrent call reads the old table or the new one, never a table shorter
+        than the max_len it read (_extend_table assigns pe before max_len)."""
+        with _GROW_LOCK:
+            if self.pe.shape[1] < needed:  # else another thread grew it meanwhile
+                self._extend_table(max(needed, 2 * self.pe.shape[1]))
+            return self.pe
 
     def _extend_table(self, rows: int) -> None:
-        """Appends computed rows up to `rows`; the rows the table has keep their values (a loaded table's too)."""
+        """Appends computed rows up to `rows`; the rows the table has keep their values (a loaded table's too). The
+        new table is assigned before max_len is raised."""
         pe = self.pe
         extra = self._build_rows(pe.shape[1], rows - pe.shape[1], pe.device, pe.dtype)
         self.pe = torch.cat([pe, extra], dim=1)  # still the registered buffer, same persistence
@@ -200,16 +250,27 @@ class PositionalEncoding(_GivenFrequencies):
                 f"{encoding}{frequencies}")
 
 
+def _drop_saved_table(state_dict, prefix, *args) -> None:
+    """ESPnet's load hook: checkpoints of ESPnet up to v0.5.2 saved the table; a module that keeps it out of
+    state_dict ignores it."""
+    state_dict.pop(prefix + "pe", None)
+
+
 class ScaledPositionalEncoding(PositionalEncoding):
-    """ESPnet's ScaledPositionalEncoding: x * sqrt(d_model) + alpha * pe, with alpha a learnable scalar (initial
-    value `alpha`), dropout after the sum; the table grows on demand as ESPnet's does. Other arguments as
-    PositionalEncoding's."""
+    """ESPnet's ScaledPositionalEncoding (espnet/nets/pytorch_backend/transformer/embedding.py): x + alpha * pe,
+    with alpha a learnable scalar (initial value `alpha`, ESPnet's 1.0) and x not scaled (ESPnet's plain
+    PositionalEncoding is the one that multiplies x by sqrt(d_model): PositionalEncoding(scale=math.sqrt(d_model))),
+    dropout after the sum; the table grows on demand and stays out of state_dict, which holds alpha alone, as
+    ESPnet's. Other arguments as PositionalEncoding's."""
 
     def __init__(self, d_model: int, max_len: int = 5000, dropout: float = 0.0, *, alpha: float = 1.0,
-                 grow: bool = True, **kwargs) -> None:
-        super().__init__(d_model, max_len, dropout, scale=math.sqrt(d_model), grow=grow, **kwargs)
+                 grow: bool = True, persistent: bool = False, **kwargs) -> None:
+        check_number(alpha, "alpha")
+        super().__init__(d_model, max_len, dropout, grow=grow, persistent=persistent, **kwargs)
         self.alpha = nn.Parameter(torch.tensor(float(alpha)))
         self.initial_alpha = float(alpha)
+        if not persistent:
+            self._register_load_state_dict_pre_hook(_drop_saved_table)
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
@@ -221,12 +282,13 @@ class SinusoidalPositionalEmbedding(_GivenFrequencies):
     of make_positions(tokens, padding_idx) (padding tokens: a zero embedding), with fairseq's timescale frequencies
     and concatenated layout. Computed by one kernel, with no table and no length limit."""
 
-    def __init__(self, embedding_dim: int, padding_idx: int, **encoding) -> None:
+    def __init__(self, embedding_dim: int, padding_idx: int, init_size: int = 1024, **encoding) -> None:
         super().__init__()
-        if embedding_dim <= 0:
-            raise ValueError(f"pe_ext: embedding_dim must be > 0, got {embedding_dim}")
+        check_int(embedding_dim, "embedding_dim", 1)
+        check_int(padding_idx, "padding_idx", 0)
+        check_int(init_size, "init_size", 0)  # fairseq's initial table size: accepted, but no table is kept
         self.embedding_dim, self.padding_idx = embedding_dim, padding_idx
-        encoding = self._register_frequencies(encoding, None)
+        encoding = self._register_frequencies(ops.checked_encoding(encoding, "SinusoidalPositionalEmbedding()"), None)
         defaults = {"layout": "concatenated"} if "inv_freq" in self._buffers else {"frequencies": "timescales",
                                                                                   "layout": "concatenated"}
         self.encoding = {**defaults, **encoding}

@@ -103,10 +103,11 @@ def add_pe_values(x: Tensor, table: Tensor | None, offset: int, scale: float, op
 _MASK32 = 0xFFFFFFFF
 
 
-def philox4x32_10(counter: Tensor, seed: int) -> list[Tensor]:
-    """Philox4x32-10 of (counter, 0) under key seed, in int64 tensors holding uint32 values (csrc/common/philox.h)."""
+def philox4x32_10(counter: Tensor, seed: Tensor) -> list[Tensor]:
+    """Philox4x32-10 of (counter, 0) under key seed (an int64 tensor of one value, its bits read as uint64), in int64
+    tensors holding uint32 values (csrc/common/philox.h). Tensor ops only, so that tracing keeps the seed an input."""
     c = [counter & _MASK32, (counter >> 32) & _MASK32, torch.zeros_like(counter), torch.zeros_like(counter)]
-    seed &= 2**64 - 1
+    seed = seed.reshape(())
     k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
     for _ in range(10):
         p0, p1 = c[0] * 0xD2511F53, c[2] * 0xCD9E8D57  # wraps in int64, whose low 64 bits stay exact
@@ -117,7 +118,7 @@ def philox4x32_10(counter: Tensor, seed: int) -> list[Tensor]:
     return c
 
 
-def dropout_keeps(index: Tensor, p: float, seed: int) -> Tensor:
+def dropout_keeps(index: Tensor, p: float, seed: Tensor) -> Tensor:
     """Whether each element (by logical index) survives dropout with probability p under `seed`."""
     words = torch.stack(philox4x32_10(index // 4, seed))
     bits = words.gather(0, (index % 4).unsqueeze(0)).squeeze(0)

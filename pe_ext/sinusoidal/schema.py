@@ -17,7 +17,7 @@ OPTIONS = (
     ("padding_idx", "int", -1),
     ("alpha", "Tensor?", None),
     ("dropout", "float", 0.0),
-    ("seed", "int", 0),
+    ("seed", "Tensor?", None),
 )
 DEFAULTS = {name: default for name, _, default in OPTIONS}
 # The options that define the encoding's values (the rest say where and how strongly pe is added).

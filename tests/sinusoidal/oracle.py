@@ -162,3 +162,39 @@ class ClassicPositionalEncoding(nn.Module):
 
     def forward(self, x):
         return x + self.pe[:, : x.size(1)]
+
+
+class EspnetPositionalEncoding(nn.Module):
+    """ESPnet's PositionalEncoding and ScaledPositionalEncoding (espnet/nets/pytorch_backend/transformer/
+    embedding.py) as ESPnet writes them: the table is a plain attribute (not in state_dict) computed in float32 and
+    extended to each longer input; the plain layer returns dropout(x * sqrt(d_model) + pe), the scaled one (scaled=True)
+    dropout(x + alpha * pe) with a learnable alpha starting at 1.0."""
+
+    def __init__(self, d_model: int, dropout_rate: float, max_len: int = 5000, scaled: bool = False):
+        super().__init__()
+        self.d_model, self.scaled = d_model, scaled
+        self.xscale = math.sqrt(d_model)
+        self.dropout = nn.Dropout(p=dropout_rate)
+        self.pe = None
+        self.extend_pe(torch.tensor(0.0).expand(1, max_len))
+        if scaled:
+            self.alpha = nn.Parameter(torch.tensor(1.0))
+
+    def extend_pe(self, x):
+        if self.pe is not None and self.pe.size(1) >= x.size(1):
+            if self.pe.dtype != x.dtype or self.pe.device != x.device:
+                self.pe = self.pe.to(dtype=x.dtype, device=x.device)
+            return
+        pe = torch.zeros(x.size(1), self.d_model)
+        position = torch.arange(0, x.size(1), dtype=torch.float32).unsqueeze(1)
+        div_term = torch.exp(torch.arange(0, self.d_model, 2, dtype=torch.float32)
+                             * -(math.log(10000.0) / self.d_model))
+        pe[:, 0::2] = torch.sin(position * div_term)
+        pe[:, 1::2] = torch.cos(position * div_term)
+        self.pe = pe.unsqueeze(0).to(device=x.device, dtype=x.dtype)
+
+    def forward(self, x):
+        self.extend_pe(x)
+        if self.scaled:
+            return self.dropout(x + self.alpha * self.pe[:, : x.size(1)])
+        return self.dropout(x * self.xscale + self.pe[:, : x.size(1)])

@@ -42,6 +42,11 @@ def leaf_requiring_grad(*shape):
     return torch.randn(*shape, requires_grad=True)
 
 
+def inference(t):
+    with torch.inference_mode():
+        return t.clone()
+
+
 def x_viewing_table():
     t = torch.randn(16, 8)
     return t[:5], t  # x is the first rows of the table
@@ -53,7 +58,7 @@ def row(op, make, error, match, id):
 
 # (op, arguments (made fresh for each call), exception type, message pattern). Arguments are listed as
 # add_pe/add_pe_(x, table, offset, scale, base, seq_dim), add_pe_out(..., out), fill_table_(out, offset, base);
-# call_op passes base as the keyword the schemas make it.
+# call_op passes base as the keyword the schemas make it, and a trailing dict as further keywords.
 OP_ROWS = [
     # rank
     row("add_pe", lambda: (torch.randn(8), None, 0, 1.0, BASE, 0), ValueError, r"x must be 2-D.*got a 1-D", "x_1d"),
@@ -171,21 +176,29 @@ OP_ROWS = [
           r"seq_dim must index a dimension of x other than the last", f"seq_dim_{seq_dim}_of_{len(shape)}d")
       for shape, seq_dim in [((2, 5, 8), 2), ((2, 5, 8), -1), ((2, 5, 8), 3), ((2, 5, 8), -4), ((5, 8), 1),
                              ((5, 8), -3)]],
-    # writing into tensors autograd tracks
-    row("add_pe_", lambda: (leaf_requiring_grad(2, 5, 8), None, 0, 1.0, BASE, 1), RuntimeError,
-        r"x requires grad, but add_pe_ \(in place\) has no autograd formula", "inplace_leaf_requires_grad"),
-    row("add_pe_", lambda: (leaf_requiring_grad(2, 5, 8) * 2, None, 0, 1.0, BASE, 1), RuntimeError,
-        r"x requires grad", "inplace_nonleaf_requires_grad"),
-    row("add_pe_", lambda: (x3(), table().requires_grad_(), 0, 1.0, BASE, 1), RuntimeError,
-        r"table requires grad, but add_pe_", "inplace_table_requires_grad"),
+    # out= into tensors autograd tracks (the in-place forms follow torch's in-place rules: test_transforms.py)
     row("add_pe_out", lambda: (leaf_requiring_grad(2, 5, 8), None, 0, 1.0, BASE, 1, x3()), RuntimeError,
-        r"x requires grad, but add_pe_out \(out=\)", "out_x_requires_grad"),
+        r"x requires grad, but pe_ext::add_pe_out \(out=\) has no autograd formula", "out_x_requires_grad"),
     row("add_pe_out", lambda: (x3(), table().requires_grad_(), 0, 1.0, BASE, 1, x3()), RuntimeError,
-        r"table requires grad, but add_pe_out", "out_table_requires_grad"),
+        r"table requires grad, but pe_ext::add_pe_out", "out_table_requires_grad"),
     row("add_pe_out", lambda: (x3(), None, 0, 1.0, BASE, 1, leaf_requiring_grad(2, 5, 8)), RuntimeError,
-        r"out requires grad, but add_pe_out", "out_requires_grad"),
-    row("fill_table_", lambda: (leaf_requiring_grad(4, 8), 0, BASE), RuntimeError,
-        r"out requires grad, but fill_table_", "fill_out_requires_grad"),
+        r"out requires grad, but pe_ext::add_pe_out", "out_requires_grad"),
+    # writing into inference tensors outside inference mode
+    row("add_pe_", lambda: (inference(x3()), None, 0, 1.0, BASE, 1), RuntimeError,
+        r"x is an inference tensor \(made under torch.inference_mode\(\)\)", "inplace_inference"),
+    row("add_pe_out", lambda: (x3(), None, 0, 1.0, BASE, 1, inference(x3())), RuntimeError,
+        r"out is an inference tensor", "out_inference"),
+    row("fill_table_", lambda: (inference(torch.zeros(4, 8)), 0, BASE), RuntimeError, r"out is an inference tensor",
+        "fill_inference"),
+    # dropout's seed
+    row("add_pe", lambda: (x3(), None, 0, 1.0, BASE, 1, {"dropout": 0.1}), ValueError,
+        r"dropout > 0 needs seed, a one-element int64 tensor", "dropout_without_seed"),
+    row("add_pe_", lambda: (x3(), None, 0, 1.0, BASE, 1, {"dropout": 0.1, "seed": torch.tensor(3, dtype=torch.int32)}),
+        TypeError, r"seed must be an int64 tensor, got", "seed_int32"),
+    row("fill_table_", lambda: (torch.zeros(4, 8), 0, BASE, {"dropout": 0.1, "seed": torch.tensor([1, 2])}),
+        ValueError, r"seed must hold one value, got shape \[2\]", "seed_two_values"),
+    row("add_pe", lambda: (x3(), None, 0, 1.0, BASE, 1, {"dropout": 0.1, "seed": torch.tensor(3, device="meta")}),
+        ValueError, r"seed is on meta but must be on the CPU or on x's device \(cpu\)", "seed_meta_x_cpu"),
     # writing into tensors whose elements share memory, or that share memory with what is read
     row("add_pe_", lambda: (x3(1, 5, 8).expand(3, 5, 8), None, 0, 1.0, BASE, 1), ValueError,
         r"x has elements that share memory \(an expanded or overlapping view\)", "inplace_expanded_batch"),
@@ -235,7 +248,7 @@ IMPLS = {"extension": lambda op: getattr(torch.ops.pe_ext, op),
 
 
 def call_op(fn, op):
-    """fn called with OP_ROWS' argument lists, base moved to its keyword and a trailing dict as more keywords."""
+    """fn called with OP_ROWS' argument lists, base moved to its keyword; a trailing dict holds other keywords."""
     def call(*args):
         options = args[-1] if isinstance(args[-1], dict) else {}
         args = args[:-1] if options else args
@@ -256,13 +269,14 @@ def test_op_refuses_bad_input(impl, op, make, error, match):
 
 # The public functions and the module: what they check before (or instead of) the ops.
 PUBLIC_ROWS = [
-    row(lambda: pe_ext.PositionalEncoding(0), lambda: (), ValueError, r"d_model must be > 0, got 0",
+    row(lambda: pe_ext.PositionalEncoding(0), lambda: (), ValueError, r"d_model must be an int >= 1, got 0",
         "module_d_model_0"),
-    row(lambda: pe_ext.PositionalEncoding(-8), lambda: (), ValueError, r"d_model must be > 0", "module_d_model_neg"),
-    row(lambda: pe_ext.PositionalEncoding(8, max_len=-1), lambda: (), ValueError, r"max_len.* must be >= 0, got -1",
+    row(lambda: pe_ext.PositionalEncoding(-8), lambda: (), ValueError, r"d_model must be an int >= 1",
+        "module_d_model_neg"),
+    row(lambda: pe_ext.PositionalEncoding(8, max_len=-1), lambda: (), ValueError, r"max_len must be an int >= 1, got -1",
         "module_max_len_neg"),
     *[row(lambda base=base, buffer=buffer: pe_ext.PositionalEncoding(8, 16, base=base, buffer=buffer), lambda: (), ValueError,
-          r"base must be a positive finite number", f"module_base_{base}_{buffer}")
+          r"base must be (a positive )?finite", f"module_base_{base}_{buffer}")
       for base in (0.0, -1.0, float("nan"), float("inf"))
       for buffer in ("table", "none")],
     *[row(lambda dropout=dropout: pe_ext.PositionalEncoding(8, 16, dropout=dropout), lambda: (), ValueError,
@@ -289,13 +303,15 @@ PUBLIC_ROWS = [
     row(lambda x, f: pe_ext.add_sinusoidal_pe(x, frequencies=f, inv_freq=f), lambda: (x3(), torch.ones(4)),
         ValueError, r"frequencies=tensor or inv_freq=tensor, not both", "fn_frequencies_twice"),
     row(lambda: pe_ext.PositionalEncoding(8, 16, persistent="no"), lambda: (), TypeError,
-        r"persistent must be True or False", "module_persistent"),
+        r"persistent must be", "module_persistent"),
     row(lambda: pe_ext.PositionalEncoding(8, 16, frequencies=torch.ones(3)), lambda: (), ValueError,
         r"inv_freq must have shape \(4,\)", "module_frequencies_length"),
-    row(lambda x: pe_ext.add_sinusoidal_pe_(x), lambda: (leaf_requiring_grad(2, 5, 8),), RuntimeError,
-        r"x requires grad, but add_pe_ \(in place\)", "fn_inplace_requires_grad"),
     row(lambda x, out: pe_ext.add_sinusoidal_pe(x, out=out), lambda: (leaf_requiring_grad(2, 5, 8), x3()),
-        RuntimeError, r"x requires grad, but add_pe_out \(out=\)", "fn_out_requires_grad"),
+        RuntimeError, r"x requires grad, but pe_ext::add_pe_out \(out=\)", "fn_out_requires_grad"),
+    row(lambda x: pe_ext.add_sinusoidal_pe(x, scale=torch.nn.Parameter(torch.tensor(2.0))), lambda: (x3(),),
+        TypeError, r"scale must be a number, got a Tensor .* pass alpha=", "fn_scale_tensor"),
+    row(lambda x: pe_ext.add_sinusoidal_pe_(x, scale=torch.tensor(2.0)), lambda: (x3(),), TypeError,
+        r"scale must be a number, got a Tensor", "fn_inplace_scale_tensor"),
     row(lambda x, t: pe_ext.add_sinusoidal_pe_(x, t), lambda: (x3(), table(dtype=torch.float64)), TypeError,
         r"table must be float32 or x's dtype", "fn_inplace_table_dtype"),
     row(lambda x: pe_ext.PositionalEncoding(8, 16)(x), lambda: (x3(2, 5, 16),), ValueError,

@@ -15,6 +15,7 @@ from tests.sinusoidal.oracle import (
     SeqFirstPositionalEncoding,
     float32_ulps,
     oracle_add,
+    oracle_pe,
     tolerance,
 )
 
@@ -119,12 +120,81 @@ def test_scale_and_dropout():
     torch.testing.assert_close(out[kept].double(), (oracle_add(x, scale=8.0) / 0.75)[kept], atol=atol * 2, rtol=rtol)
 
 
-def test_invalid_construction_arguments():
-    for kwargs, pattern in [({"d_model": 0}, "d_model"), ({"d_model": 8, "max_len": -1}, "max_len"),
-                            ({"d_model": 8, "dropout": 1.0}, "dropout"), ({"d_model": 8, "dropout": -0.1}, "dropout"),
-                            ({"d_model": 8, "base": 0.0}, "base"), ({"d_model": 8, "buffer": "sometimes"}, "buffer")]:
-        with pytest.raises(ValueError, match=pattern):
-            pe_ext.PositionalEncoding(**kwargs)
+LAYERS = {
+    "PositionalEncoding": lambda *args, **kwargs: pe_ext.PositionalEncoding(*args, **kwargs),
+    "ScaledPositionalEncoding": lambda *args, **kwargs: pe_ext.ScaledPositionalEncoding(*args, **kwargs),
+}
+# (arguments, keywords, exception, message pattern): every constructor argument, of the wrong kind or out of range.
+BAD_CONSTRUCTIONS = [
+    ((0,), {}, ValueError, r"d_model must be an int >= 1, got 0"),
+    ((8.0,), {}, TypeError, r"d_model must be an int, got 8.0 \(float\)"),
+    ((True,), {}, TypeError, r"d_model must be an int, got True \(bool\)"),
+    ((8, -1), {}, ValueError, r"max_len must be an int >= 1, got -1"),
+    ((8, 0), {}, ValueError, r"max_len must be an int >= 1, got 0"),
+    # the PyTorch tutorial's order, PositionalEncoding(d_model, dropout, max_len)
+    ((512, 0.1), {}, TypeError, (r"max_len must be an int, got 0.1 \(float\); pe_ext's order is \(d_model, "
+                                 r"max_len, dropout\): pass dropout by keyword, e.g. "
+                                 r"\w*PositionalEncoding\(512, dropout=0.1\)")),
+    ((512, 0.1), {"buffer": "none"}, TypeError, r"max_len must be an int, got 0.1"),
+    ((8,), {"dropout": 1.0}, ValueError, r"dropout must be in \[0, 1\), got 1.0"),
+    ((8,), {"dropout": -0.1}, ValueError, r"dropout must be in \[0, 1\)"),
+    ((8,), {"dropout": "0.1"}, TypeError, r"dropout must be a number, got '0.1' \(str\)"),
+    ((8,), {"dropout": float("nan")}, ValueError, r"dropout must be in \[0, 1\), got nan"),
+    ((8,), {"scale": float("inf")}, ValueError, r"scale must be finite, got inf"),
+    ((8,), {"scale": torch.nn.Parameter(torch.tensor(2.0))}, TypeError,
+     r"scale must be a number, got a Tensor; for a learnable factor on pe use ScaledPositionalEncoding \(alpha\)"),
+    ((8,), {"base": 0.0}, ValueError, r"base must be a positive finite number"),
+    ((8,), {"base": "10000"}, TypeError, r"base must be a number, got '10000' \(str\)"),
+    ((8,), {"buffer": "sometimes"}, ValueError, r"buffer must be one of"),
+    ((8,), {"batch_first": 1}, TypeError, r"batch_first must be True or False, got 1 \(int\)"),
+    ((8,), {"grow": "yes"}, TypeError, r"grow must be True or False, got 'yes'"),
+    # keywords the constructors do not document, which **encoding used to pass to every call
+    ((8,), {"seed": 1}, TypeError, r"Encoding\(\) got unexpected keyword argument\(s\) \['seed'\]"),
+    ((8,), {"padding_idx": 0}, TypeError, r"unexpected keyword argument\(s\) \['padding_idx'\]"),
+    ((8,), {"max_length": 64}, TypeError,
+     r"unexpected keyword argument\(s\) \['max_length'\]; its keywords beyond the named ones are \[.*'layout'"),
+]
+
+
+@pytest.mark.parametrize("layer", LAYERS.values(), ids=LAYERS)
+@pytest.mark.parametrize("args,kwargs,error,match", BAD_CONSTRUCTIONS)
+def test_constructors_check_every_argument(layer, args, kwargs, error, match):
+    with pytest.raises(error, match=match) as caught:
+        layer(*args, **kwargs)
+    assert type(caught.value) is error
+
+
+def test_other_constructor_arguments_are_checked():
+    with pytest.raises(TypeError, match=r"alpha must be a number, got a Tensor"):
+        pe_ext.ScaledPositionalEncoding(8, alpha=torch.tensor(0.5))
+    for args, kwargs, error, match in [((0, 1), {}, ValueError, r"embedding_dim must be an int >= 1, got 0"),
+                                       ((8, 1.0), {}, TypeError, r"padding_idx must be an int, got 1.0"),
+                                       ((8, 1), {"seed": 3}, TypeError, r"keyword argument\(s\) \['seed'\]")]:
+        with pytest.raises(error, match=match):
+            pe_ext.SinusoidalPositionalEmbedding(*args, **kwargs)
+    pe_ext.SinusoidalPositionalEmbedding(8, 1, 1024)  # fairseq's (embedding_dim, padding_idx, init_size)
+    with pytest.raises(TypeError, match=r"add_sinusoidal_pe\(\) got unexpected keyword argument\(s\) \['bse'\]"):
+        pe_ext.add_sinusoidal_pe(torch.randn(1, 2, 8), bse=500.0)
+
+
+@pytest.mark.parametrize("name", ["alpha", "pe"])
+def test_parametrized_alpha_and_table(name):
+    """torch.nn.utils.parametrize moves a parameter or buffer under module.parametrizations: forward reads it as
+    an attribute, and gets the parametrized value."""
+    module = pe_ext.ScaledPositionalEncoding(8, max_len=16, alpha=0.5)
+
+    class Double(nn.Module):
+        def forward(self, t):
+            return 2 * t
+
+    torch.nn.utils.parametrize.register_parametrization(module, name, Double())
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    alpha, pe = (1.0, oracle_pe(range(5), 8)) if name == "alpha" else (0.5, 2 * oracle_pe(range(5), 8))
+    torch.testing.assert_close(module(x).double(), x + alpha * pe, atol=1e-5, rtol=1e-5)
+    if name == "alpha":
+        module(x).sum().backward()
+        original = module.parametrizations.alpha.original
+        torch.testing.assert_close(original.grad.double(), 2 * 2 * pe.sum(), atol=1e-4, rtol=1e-5)  # 2 samples
 
 
 def test_reset_table_after_meta_construction():

@@ -50,7 +50,8 @@ struct AddPeArgs {
   uint32_t dropout_threshold;  // dropout_threshold(p); 0: no dropout
   acc_t keep_scale;            // 1 / (1 - p)
   uint64_t seed;
-  EncodingSpec spec;  // d_model and the encoding
+  const int64_t* seed_on_device;  // one value, read instead of seed when not nullptr (a seed a CUDA graph redraws)
+  EncodingSpec spec;              // d_model and the encoding
 
   PE_HOST_DEVICE pos_t position(int64_t b, int64_t l) const {
     return static_cast<pos_t>(offset) +
@@ -146,11 +147,12 @@ template <int W, typename scalar_t, typename table_t, typename pos_t>
 PE_HOST_DEVICE void apply_dropout(const AddPeArgs<scalar_t, table_t, pos_t>& a, int64_t first,
                                   at::opmath_type<scalar_t> (&values)[W]) {
   using acc_t = at::opmath_type<scalar_t>;
-  PhiloxWords words = philox4x32_10(static_cast<uint64_t>(first) / 4, a.seed);
+  const uint64_t seed = a.seed_on_device != nullptr ? static_cast<uint64_t>(*a.seed_on_device) : a.seed;
+  PhiloxWords words = philox4x32_10(static_cast<uint64_t>(first) / 4, seed);
   PE_UNROLL
   for (int k = 0; k < W; ++k) {
     const uint64_t index = static_cast<uint64_t>(first + k);
-    if (k > 0 && index % 4 == 0) words = philox4x32_10(index / 4, a.seed);
+    if (k > 0 && index % 4 == 0) words = philox4x32_10(index / 4, seed);
     values[k] = dropout_keeps(words.w[index % 4], a.dropout_threshold) ? values[k] * a.keep_scale : acc_t(0);
   }
 }

@@ -46,6 +46,7 @@ AddPeArgs<scalar_t, table_t, pos_t> make_args(const SinusoidalProblem& p) {
   a.dropout_threshold = dropout_threshold(p.dropout);
   a.keep_scale = static_cast<acc_t>(1.0 / (1.0 - p.dropout));
   a.seed = p.seed;
+  if (p.seed_on_device.defined()) a.seed_on_device = p.seed_on_device.const_data_ptr<int64_t>();
   a.batch = p.batch();
   a.seq_len = p.seq_len();
   a.offset = p.offset;
