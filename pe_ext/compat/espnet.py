@@ -36,11 +36,11 @@ class PositionalEncoding(modules.PositionalEncoding):
         if self.pe.device != x.device:
             self.pe = self.pe.to(x.device)
 
-    def _grow_table(self, needed: int) -> Tensor:
+    def _grown_table(self, needed: int) -> Tensor:
         if not self.reverse:
-            return super()._grow_table(needed)
+            return super()._grown_table(needed)
         self.pe = self._build_rows(0, needed, self.pe.device, self.pe.dtype).flip(1)  # positions needed - 1 ... 0
-        self.max_len = needed
+        self.max_len = needed  # after pe, as the base class orders them for concurrent readers
         return self.pe
 
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
@@ -74,7 +74,7 @@ class LegacyRelPositionalEncoding(PositionalEncoding):
         self._follow(x)
         seq_len = x.shape[1]
         if seq_len > self.max_len:
-            self._grow_table(seq_len)
+            self._grown_table(seq_len)
         pos_emb = self.pe[:, :seq_len].to(x.dtype)
         p = self.dropout.p
         return scaled_dropout(x, self.xscale, p, self.training), scaled_dropout(pos_emb, 1.0, p, self.training)

@@ -135,9 +135,9 @@ def test_xtransformers(backend):
 @pytest.mark.parametrize("normalize", [False, True])
 def test_detr(backend, normalize):
     with served_by(backend):
-        mask = torch.zeros(2, 30, 50, dtype=torch.bool)
-        mask[1, 20:], mask[1, :, 33:] = True, True
-        images = detr.NestedTensor(torch.zeros(2, 3, 30, 50), mask)
+        mask = torch.zeros(2, 20, 30, dtype=torch.bool)
+        mask[1, 14:], mask[1, :, 21:] = True, True  # the second image is 14 x 21, padded
+        images = detr.NestedTensor(torch.zeros(2, 3, 20, 30), mask)
         ours = detr.PositionEmbeddingSine(32, normalize=normalize)(images)
         theirs = reimpl.DetrPositionEmbeddingSine(32, normalize=normalize)(images)
         assert ours.shape == theirs.shape and ours.stride() == theirs.stride()  # channels-first views alike
