@@ -65,6 +65,18 @@ class PositionEmbeddingSine(nn.Module):
         # One period per sin/cos pair (DETR's dim_t repeats each one twice).
         steps = torch.arange(0, self.num_pos_feats, 2, dtype=torch.float32, device=x.device)
         periods = self.temperature ** (steps / self.num_pos_feats)
-        angles = torch.stack((rows, columns), dim=3)[..., None] / periods  # (batch, height, width, 2, feats / 2)
-        pairs = sin_cos_of_angles(angles)  # (..., 2): sin, cos
+        pairs = sin_cos_of_quotients(torch.stack((rows, columns), dim=3), periods)  # (b, h, w, 2, feats / 2, 2)
         return pairs.flatten(3).permute(0, 3, 1, 2)
+
+
+def sin_cos_of_quotients(values: Tensor, periods: Tensor, distinct: bool | None = None) -> Tensor:
+    """[sin(v / p), cos(v / p)] for every value v and period p, shaped values.shape + (len(periods), 2), the quotients
+    rounded to float32 as DETR divides. distinct (default: on the CPU) computes them for the distinct values only
+    (an image has few: its row and column counts) and gathers the rows: the same values, without a kernel call per
+    element; elsewhere torch.unique would make the device wait."""
+    if distinct is None:
+        distinct = values.device.type == "cpu"
+    if not distinct:
+        return sin_cos_of_angles(values[..., None] / periods)
+    uniques, inverse = torch.unique(values, return_inverse=True)
+    return sin_cos_of_angles(uniques[:, None] / periods)[inverse]

@@ -143,6 +143,11 @@ def test_detr(backend, normalize):
         assert ours.shape == theirs.shape and ours.stride() == theirs.stride()  # channels-first views alike
         assert ulps(ours, theirs) <= ULPS
         assert torch.equal(detr.PositionEmbeddingSine(32, normalize=normalize)(images.tensors, mask), ours)
+        # the distinct counts' rows, gathered (the CPU's way), equal every element's own (the GPU's)
+        values, periods = torch.rand(3, 7, 2) * 50, torch.linspace(1, 900, 16)
+        values[1] = values[0]
+        assert torch.equal(detr.sin_cos_of_quotients(values, periods, distinct=True),
+                           detr.sin_cos_of_quotients(values, periods, distinct=False))
 
 
 def test_detr_far_rows(backend):
