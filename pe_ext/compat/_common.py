@@ -7,6 +7,10 @@ from torch import Tensor
 
 from ..sinusoidal import ops
 
+# fairseq's frequencies: exp(-i * log(10000) / (d / 2 - 1)) in float32, all sines then all cosines (pe_ext's
+# "timescales" recipe, bit for bit); an odd width ends with a zero column. fairseq's copies in Hugging Face use them.
+FAIRSEQ_ENCODING = {"frequencies": "timescales", "layout": "concatenated"}
+
 
 def sin_cos_of_angles(angles: Tensor) -> Tensor:
     """[sin(a), cos(a)] for every float32 angle a, shaped angles.shape + (2,), by pe_ext's kernel (the angle is the
@@ -25,6 +29,9 @@ def scaled_dropout(x: Tensor, scale: float, p: float, training: bool) -> Tensor:
     return x * scale if scale != 1.0 else x
 
 
-def positions_like(count: int, device, start: int = 0, step: int = 1) -> Tensor:
-    """start, start + step, ... (count of them) as int64 positions on device."""
-    return torch.arange(start, start + step * count, step, device=device)[:count]
+def table_rows(table: Tensor, position_ids: Tensor, end) -> Tensor | None:
+    """table's rows at position_ids if `end` (one past the largest id, an int known without reading them) is within
+    it, else None."""
+    if not isinstance(end, int) or end > table.shape[0]:
+        return None
+    return table.index_select(0, position_ids.reshape(-1)).reshape(*position_ids.shape, table.shape[-1])

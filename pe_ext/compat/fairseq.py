@@ -1,6 +1,6 @@
 """fairseq's SinusoidalPositionalEmbedding (fairseq/modules/sinusoidal_positional_embedding.py): same constructor,
-forward signature, (empty) state_dict and values, computed by pe_ext's kernel from the positions, with no table to
-grow and no length limit."""
+forward signature, (empty) state_dict and values: rows read from the table (built by pe_ext's kernel) where it has
+them, computed by the kernel beyond it, so that it never grows and has no length limit."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from ..sinusoidal import ops
-
-# fairseq's frequencies: exp(-i * log(10000) / (d / 2 - 1)) in float32, all sines then all cosines (pe_ext's
-# "timescales" recipe, bit for bit); an odd width ends with a zero column.
-ENCODING = {"frequencies": "timescales", "layout": "concatenated"}
+from ._common import FAIRSEQ_ENCODING as ENCODING
+from ._common import table_rows
 
 
 class SinusoidalPositionalEmbedding(nn.Module):
@@ -23,12 +21,13 @@ class SinusoidalPositionalEmbedding(nn.Module):
     returns (batch, seq_len, embedding_dim) embeddings of fairseq's make_positions (non-padding tokens numbered from
     padding_idx + 1, padding tokens padding_idx, whose row is zero); with incremental_state, the one row padding_idx +
     timestep + 1 (or padding_idx + seq_len without timestep) expanded to (batch, 1, embedding_dim). padding_idx=None
-    means 0 with a nonzero row 0, as fairseq has it. The result has the dtype and device of the module (.half(),
-    .to()), as fairseq's table does.
+    means 0 with a nonzero row 0, as fairseq has it. The non-persistent table `weights` (init_size rows, built by
+    pe_ext's kernel) follows .half() and .to() and gives the result its dtype and device, as fairseq's does.
 
-    Differs: no table (fairseq's non-persistent `weights`; init_size and auto_expand are kept as attributes only) and
-    no length limit; `positions`, if given, are used (fairseq's current forward ignores them, its older one refused
-    them); embedding_dim 2 or 3 takes tensor2tensor's max(d / 2 - 1, 1) where fairseq divides by zero.
+    Differs: rows past the table are computed (the table never grows: auto_expand is kept as an attribute only; the
+    incremental step computes its one row); `positions`, if given, are used (fairseq's current forward ignores them,
+    its older one refused them); embedding_dim 2 or 3 takes tensor2tensor's max(d / 2 - 1, 1) where fairseq divides
+    by zero.
     """
 
     def __init__(self, embedding_dim: int, padding_idx: int | None, init_size: int = 1024,
@@ -41,11 +40,10 @@ class SinusoidalPositionalEmbedding(nn.Module):
         self.embedding_dim = embedding_dim
         self.padding_idx = padding_idx if padding_idx is not None else 0
         self.zero_row = -1 if padding_idx is None else padding_idx  # get_embedding zeroes only a given padding_idx
-        self.init_size, self.auto_expand = init_size, auto_expand
+        self.auto_expand = auto_expand
         self.max_positions = int(1e5)
         self.onnx_trace = False
-        # Carries the module's dtype and device (.half(), .to()) as fairseq's table does; holds no data.
-        self.register_buffer("_float_tensor", torch.empty(0), persistent=False)
+        self.register_buffer("weights", self.get_embedding(init_size, embedding_dim, padding_idx), persistent=False)
 
     def prepare_for_onnx_export_(self) -> None:
         self.onnx_trace = True
@@ -60,18 +58,21 @@ class SinusoidalPositionalEmbedding(nn.Module):
     def forward(self, input: Tensor, incremental_state: Any | None = None, timestep: Tensor | None = None,
                 positions: Tensor | None = None) -> Tensor:
         bsz, seq_len = input.shape[0], input.shape[1]
-        device = self._float_tensor.device
+        device = self.weights.device
         if incremental_state is not None:
             step = timestep.reshape(-1)[:1] + 1 if timestep is not None else torch.tensor([seq_len])
             row = self._embed((step + self.padding_idx).to(device))
             return row.reshape(1, 1, -1).expand(bsz, 1, -1)
+        end = None  # given positions have no bound known without reading them
         if positions is None:
-            positions = ops.make_positions(input, self.padding_idx)
-        return self._embed(positions.to(device))
+            positions, end = ops.make_positions(input, self.padding_idx), self.padding_idx + 1 + seq_len
+        positions = positions.to(device)
+        rows = table_rows(self.weights, positions, end)
+        return self._embed(positions) if rows is None else rows
 
     def _embed(self, positions: Tensor) -> Tensor:
         return ops.sinusoidal_embedding(positions, self.embedding_dim, padding_idx=self.zero_row,
-                                        dtype=self._float_tensor.dtype, **ENCODING)
+                                        dtype=self.weights.dtype, **ENCODING)
 
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         for key in ("weights", "_float_tensor"):  # the keys of fairseq's older versions, dropped as fairseq does

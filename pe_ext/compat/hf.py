@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..sinusoidal import ops
-from .fairseq import ENCODING as FAIRSEQ_ENCODING
+from ._common import FAIRSEQ_ENCODING, table_rows
 
 
 def _padding_row(padding_idx: int | None) -> int:
@@ -67,19 +67,23 @@ def whisper_sinusoids(length: int, channels: int, max_timescale: float = 10000,
 
 
 # --- The forwards pe_ext.patch swaps in: subclasses of each Hugging Face class (isinstance keeps holding, and
-# Hugging Face's initialization still finds them) whose forward computes the rows with pe_ext's kernel instead of
-# looking them up in the module's table, which stays as it is (parameters, buffers and state_dict unchanged).
-# Positions are computed by the module's own methods.
+# Hugging Face's initialization still finds them) sharing the module's state (parameters, buffers, state_dict
+# unchanged). Rows the module's table holds are read from it, as the module does (a gather is faster than computing
+# on the CPU), where the call's largest position is known without reading the ids; the others are computed by
+# pe_ext's kernel: the table never grows, and no position is out of range. Positions come from the module's own
+# methods.
 
 
 class FairseqStyleRows:
     """The rows of a fairseq-style table (fairseq_style_table) at position ids, in the dtype of the module's table."""
 
-    def _rows(self, position_ids: Tensor) -> Tensor:
+    def _rows(self, position_ids: Tensor, end=None) -> Tensor:
         weights = self.weights
-        rows = ops.sinusoidal_embedding(position_ids, self.embedding_dim, padding_idx=_padding_row(self.padding_idx),
-                                        dtype=weights.dtype, **FAIRSEQ_ENCODING)
-        return rows.to(weights.device)
+        rows = table_rows(weights, position_ids, end)
+        if rows is None:
+            rows = ops.sinusoidal_embedding(position_ids, self.embedding_dim, padding_idx=_padding_row(self.padding_idx),
+                                            dtype=weights.dtype, **FAIRSEQ_ENCODING).to(weights.device)
+        return rows.detach()
 
 
 class M2M100Rows(FairseqStyleRows):
@@ -89,8 +93,10 @@ class M2M100Rows(FairseqStyleRows):
     def forward(self, input_ids: Tensor | None = None, inputs_embeds: Tensor | None = None, cache_length: int = 0):
         if input_ids is not None:
             position_ids = self.create_position_ids_from_input_ids(input_ids, self.padding_idx, cache_length)
-            return self._rows(position_ids.to(input_ids.device))
-        return self._rows(self.create_position_ids_from_inputs_embeds(inputs_embeds, cache_length, self.padding_idx))
+            position_ids = position_ids.to(input_ids.device)
+        else:
+            position_ids = self.create_position_ids_from_inputs_embeds(inputs_embeds, cache_length, self.padding_idx)
+        return self._rows(position_ids, self.padding_idx + 1 + position_ids.shape[1] + cache_length)
 
 
 class TokenPositionRows(FairseqStyleRows):
@@ -99,11 +105,12 @@ class TokenPositionRows(FairseqStyleRows):
     @torch.no_grad()
     def forward(self, input_ids: Tensor, cache_length: int = 0):
         position_ids = self.create_position_ids_from_input_ids(input_ids, self.padding_idx, cache_length)
-        return self._rows(position_ids.to(input_ids.device))
+        return self._rows(position_ids.to(input_ids.device), self.padding_idx + 1 + input_ids.shape[1] + cache_length)
 
 
 class XGLMRows(FairseqStyleRows):
-    """XGLM's forward(position_ids=None, cache_length=0): rows position_ids + offset."""
+    """XGLM's forward(position_ids=None, cache_length=0): rows position_ids + offset (computed: given ids have no
+    bound known without reading them)."""
 
     @torch.no_grad()
     def forward(self, position_ids: Tensor | None = None, cache_length: int = 0):
@@ -114,15 +121,17 @@ class MarianRows:
     """Marian's and Pegasus' forward(input_ids_shape, cache_length=0, position_ids=None) (nn.Embedding subclasses)."""
 
     def forward(self, input_ids_shape: torch.Size, cache_length: int = 0, position_ids: Tensor | None = None):
+        end = None
         if position_ids is None:
             seq_len = input_ids_shape[1]
             position_ids = torch.arange(cache_length, cache_length + seq_len, device=self.weight.device)
-        return marian_rows(position_ids, self.embedding_dim, self.weight.dtype)
+            end = cache_length + seq_len
+        rows = table_rows(self.weight, position_ids, end)
+        return marian_rows(position_ids, self.embedding_dim, self.weight.dtype) if rows is None else rows
 
 
 class WhisperEncoderRows(nn.Embedding):
     """Whisper's encoder position embedding (an nn.Embedding holding sinusoids): forward(ids) computes the rows."""
 
     def forward(self, input: Tensor) -> Tensor:
-        rows = ops.sinusoidal_embedding(input, self.embedding_dim, dtype=self.weight.dtype, **FAIRSEQ_ENCODING)
-        return rows
+        return ops.sinusoidal_embedding(input, self.embedding_dim, dtype=self.weight.dtype, **FAIRSEQ_ENCODING)

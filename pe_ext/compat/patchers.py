@@ -67,7 +67,7 @@ def _fairseq(module: nn.Module) -> tuple[nn.Module, list[tuple]]:
     padding_given = not bool(table[module.padding_idx].any())  # fairseq zeroes the row of a given padding_idx only
     replacement = fairseq.SinusoidalPositionalEmbedding(module.embedding_dim,
                                                         module.padding_idx if padding_given else None,
-                                                        getattr(module, "init_size", table.shape[0]))
+                                                        table.shape[0])
     replacement.to(device=table.device, dtype=table.dtype)
     tokens = torch.tensor([[5, 6, 7, module.padding_idx], [8, 9, 10, 11]], device=table.device)
     return replacement, [(tokens,), (tokens, {}, torch.tensor([3], device=table.device))]
@@ -148,8 +148,9 @@ def _hf_xglm(module: nn.Module) -> tuple[nn.Module, list[tuple]]:
 
 
 def _hf_marian(module: nn.Module) -> tuple[nn.Module, list[tuple]]:
-    rows = module.weight.shape[0]  # every row: a checkpoint may hold another table
-    return _retyped(module, hf.MarianRows), [((2, rows),), ((2, 1), rows - 1)]
+    rows = module.weight.shape[0]
+    every_row = torch.arange(rows, device=module.weight.device)  # computed, against the (maybe loaded) table
+    return _retyped(module, hf.MarianRows), [((2, rows),), ((2, 1), rows - 1), ((1, rows), 0, every_row)]
 
 
 def _hf_whisper_encoder(module: nn.Module) -> tuple[nn.Module, list[tuple]]:

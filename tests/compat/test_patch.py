@@ -79,27 +79,33 @@ def test_whisper_encoder():
     _same_outputs_patched(model, {"input_features": torch.randn(2, 8, 20)}, None, ["model.encoder.embed_positions"])
 
 
+# (family, class, calls): rows the table holds (read from it) and rows past it (computed by pe_ext's kernel, where
+# the original grows its table, or fails: TrOCR's bound leaves out cache_length), or given position ids (computed).
+# The expected values come from the same class with a table holding every row.
 HF_MODULES = [
-    ("xglm", "XGLMSinusoidalPositionalEmbedding", (torch.arange(6).expand(2, -1), 3)),
-    ("trocr", "TrOCRSinusoidalPositionalEmbedding", (torch.tensor([[1, 5, 6, 7]]), 2)),
-    ("nllb_moe", "NllbMoeSinusoidalPositionalEmbedding", (torch.tensor([[1, 5, 6, 7]]), None, 2)),
-    ("pegasus", "PegasusSinusoidalPositionalEmbedding", ((2, 6), 3)),
+    ("xglm", "XGLMSinusoidalPositionalEmbedding", [(torch.arange(6).expand(2, -1), 3), (torch.arange(90, 96)[None], 90)]),
+    ("trocr", "TrOCRSinusoidalPositionalEmbedding", [(torch.tensor([[1, 5, 6, 7]]), 2),
+                                                     (torch.tensor([[1, 5, 6, 7]]), 100)]),
+    ("nllb_moe", "NllbMoeSinusoidalPositionalEmbedding", [(torch.tensor([[1, 5, 6, 7]]), None, 2),
+                                                          (torch.tensor([[1, 5, 6, 7]]), None, 100)]),
+    ("pegasus", "PegasusSinusoidalPositionalEmbedding", [((2, 6), 3), ((1, 6), 0, torch.arange(20, 26))]),
 ]
 
 
-@pytest.mark.parametrize("family,name,args", HF_MODULES, ids=[f for f, *_ in HF_MODULES])
-def test_other_hugging_face_modules(family, name, args):
+@pytest.mark.parametrize("family,name,calls", HF_MODULES, ids=[f for f, *_ in HF_MODULES])
+def test_other_hugging_face_modules(family, name, calls):
     cls = getattr(getattr(transformers.models, family), f"modeling_{family}").__dict__[name]
-    original = cls(32, 13, 1)
-    if family == "pegasus":
-        nn.init.zeros_(original.weight)  # as its model's initialization does
+    original, every_row = cls(32, 13, 1), cls(256, 13, 1)
+    if family == "pegasus":  # its model's initialization fills the table
         with torch.no_grad():
-            original.weight.copy_(original.create_weight())
+            for module in (original, every_row):
+                module.weight.copy_(module.create_weight())
     holder = nn.Sequential(original)
-    expected = original(*args)
+    expected = [every_row(*args) for args in calls]
     patch = pe_ext.patch(holder)
     assert patch.names == ["0"] and holder[0] is not original
-    assert ulps(holder[0](*args), expected) <= 2
+    for args, theirs in zip(calls, expected):
+        assert ulps(holder[0](*args), theirs) <= 2
 
 
 # --- The tables, against Hugging Face's own code.

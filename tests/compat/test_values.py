@@ -88,6 +88,8 @@ def test_fairseq(backend, padding_idx):
         assert ulps(ours(tokens), theirs(tokens)) <= ULPS
         for step in (None, torch.tensor([3]), torch.tensor([FAR])):
             assert ulps(ours(tokens, {}, step), theirs(tokens, {}, step)) <= ULPS
+        short = fairseq.SinusoidalPositionalEmbedding(13, padding_idx, init_size=4)  # rows past it: computed
+        assert ulps(short(tokens), theirs(tokens)) <= ULPS
         table = fairseq.SinusoidalPositionalEmbedding.get_embedding(1500, 13, padding_idx)
         assert ulps(table, reimpl.fairseq_table(1500, 13, padding_idx)) <= ULPS
 
