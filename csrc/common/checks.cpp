@@ -8,7 +8,7 @@
 #include <vector>
 
 #ifdef PE_EXT_WITH_CUDA
-#include <c10/cuda/CUDAGraphsC10Utils.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
 
@@ -92,8 +92,10 @@ void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& 
 bool values_readable(const at::Tensor& t) {
 #ifdef PE_EXT_WITH_CUDA
   if (t.is_cuda()) {
-    const auto stream = c10::cuda::getCurrentCUDAStream(t.get_device());
-    return c10::cuda::captureStatusMayInitCtx(stream) == c10::cuda::CaptureStatus::None;
+    // The runtime call rather than c10's captureStatusMayInitCtx(stream), which torch 2.11 (the GPU image) lacks.
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(t.get_device()).stream(), &status));
+    return status == cudaStreamCaptureStatusNone;
   }
 #endif
   return true;

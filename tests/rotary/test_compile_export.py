@@ -119,6 +119,9 @@ def test_in_place_form_compiles():
     torch.testing.assert_close(torch.compile(f, fullgraph=True)(q, k, positions), f(q, k, positions), atol=0, rtol=0)
 
 
+# torch 2.11 (the GPU image) cannot export this test model even with the rotation replaced by `q * 1, k * 1`: a guard
+# of its contiguity check on the transposed views, Min(8*seq, 16*seq) == 8*seq, fails the dynamic dim.
+@pytest.mark.skipif(torch.__version__ < "2.12", reason="torch < 2.12 cannot export this test model itself")
 def test_export_with_a_dynamic_sequence_dim_saves_and_loads():
     model = Attention().eval()
     seq = torch.export.Dim("seq", min=2, max=512)
