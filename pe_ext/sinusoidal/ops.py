@@ -110,6 +110,13 @@ def _dropout_keywords(x: Tensor, dropout: float, generator: torch.Generator | No
     return {"dropout": dropout, "seed": torch.randint(0, 2**63 - 1, (), generator=generator, device=device)}
 
 
+def capturing_for_export() -> bool:
+    """Whether torch.export or jit.trace is capturing a graph (torch.onnx's two exporters run one of them). ONNX
+    graphs hold no writes, and neither exporter translates a write into a fresh tensor: while capturing, the
+    functions that write (the table builders, the in-place add) call the functional add_pe instead."""
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
 def _checked_call(offset: int, scale: float, encoding: dict, caller: str) -> int:
     """The checks the ops cannot make (in one function: decoding calls are overhead-bound); returns offset."""
     # torch's argument parser would turn a 0-dim tensor into a float, silently dropping its gradient.
@@ -160,6 +167,8 @@ def add_sinusoidal_pe_(x: Tensor, table: Tensor | None = None, *, offset: int = 
     offset = _checked_call(offset, scale, encoding, "add_sinusoidal_pe_()")
     keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx),
                 **op_encoding(encoding)}
+    if capturing_for_export():
+        return x.copy_(torch.ops.pe_ext.add_pe.default(x, table, offset, scale, seq_dim, **keywords))
     torch.ops.pe_ext.add_pe_.default(x, table, offset, scale, seq_dim, **keywords)
     return x
 
@@ -170,9 +179,12 @@ def sinusoidal_table(num_positions: int, d_model: int, *, offset: int = 0, dtype
     check_table_args(num_positions, d_model)
     if dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"pe_ext: dtype must be float32, float64, float16 or bfloat16, got {dtype}")
+    encoding = op_encoding(checked_encoding(encoding, "sinusoidal_table()"))
+    if capturing_for_export():  # pe added to zeros: the same values
+        zeros = torch.zeros(num_positions, d_model, dtype=dtype, device=device)
+        return torch.ops.pe_ext.add_pe.default(zeros, None, _checked_offset(offset), 1.0, 0, **encoding)
     out = torch.empty(num_positions, d_model, dtype=dtype, device=device)
-    encoding = checked_encoding(encoding, "sinusoidal_table()")
-    torch.ops.pe_ext.fill_table_.default(out, _checked_offset(offset), **op_encoding(encoding))
+    torch.ops.pe_ext.fill_table_.default(out, _checked_offset(offset), **encoding)
     return out
 
 
@@ -182,10 +194,16 @@ def sinusoidal_embedding(positions: Tensor, d_model: int, *, offset: int = 0, pa
     the embedding that fairseq's and Hugging Face's sinusoidal position modules return, built in one kernel."""
     if d_model <= 0:
         raise ValueError(f"pe_ext: d_model must be > 0, got {d_model}")
-    out = torch.empty(positions.numel(), d_model, dtype=dtype, device=positions.device)
-    encoding = checked_encoding(encoding, "sinusoidal_embedding()")
-    torch.ops.pe_ext.fill_table_.default(out, _checked_offset(offset), positions=positions.reshape(-1),
-                                         padding_idx=padding_idx, **op_encoding(encoding))
+    encoding = op_encoding(checked_encoding(encoding, "sinusoidal_embedding()"))
+    flat = positions.reshape(-1)
+    if capturing_for_export():  # pe added to zeros, shaped from the positions (a dynamic length stays dynamic)
+        zeros = torch.zeros_like(flat, dtype=dtype).unsqueeze(1).expand(-1, d_model)
+        out = torch.ops.pe_ext.add_pe.default(zeros, None, _checked_offset(offset), 1.0, 0, positions=flat,
+                                              padding_idx=padding_idx, **encoding)
+    else:
+        out = torch.empty(positions.numel(), d_model, dtype=dtype, device=positions.device)
+        torch.ops.pe_ext.fill_table_.default(out, _checked_offset(offset), positions=flat, padding_idx=padding_idx,
+                                             **encoding)
     return out.reshape(*positions.shape, d_model)
 
 
