@@ -47,8 +47,11 @@ class OnnxGraph:
     def dtype(self, value) -> torch.dtype:
         raise NotImplementedError
 
-    def shape(self, value) -> tuple[int | None, ...]:
-        """The value's shape, None for each dimension that is dynamic."""
+    def rank(self, value) -> int:
+        raise NotImplementedError
+
+    def width(self, value) -> int | None:
+        """The size of the value's last dimension, None if it is dynamic."""
         raise NotImplementedError
 
 
@@ -75,8 +78,11 @@ class _TorchScriptGraph(OnnxGraph):
     def dtype(self, value):
         return value.type().dtype()
 
-    def shape(self, value):
-        return tuple(value.type().varyingSizes())
+    def rank(self, value):
+        return value.type().dim()
+
+    def width(self, value):
+        return value.type().varyingSizes()[-1]
 
 
 class _OnnxScriptGraph(OnnxGraph):
@@ -97,8 +103,12 @@ class _OnnxScriptGraph(OnnxGraph):
     def dtype(self, value):
         return _TORCH_DTYPES[int(value.dtype)]
 
-    def shape(self, value):
-        return tuple(dim if isinstance(dim, int) else None for dim in value.shape)
+    def rank(self, value):
+        return len(value.shape)
+
+    def width(self, value):
+        last = value.shape[-1]
+        return last if isinstance(last, int) else None
 
 
 def _is_symint(argument) -> bool:

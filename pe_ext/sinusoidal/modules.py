@@ -240,15 +240,23 @@ class PositionalEncoding(_GivenFrequencies):
     def _grown_table(self, needed: int) -> Tensor:
         """A table of at least `needed` rows (twice the current ones, or as many as needed). Threads growing one
         module at once build it once; a concurrent call reads the old table or the new one, never a table shorter
-        than the max_len it read (_extend_table assigns pe before max_len). An exported graph writes no buffer: it
-        extends its own copy by the rows the traced call needs (any count, for a dynamic length)."""
-        if torch.compiler.is_exporting():
-            pe = self.pe
-            return torch.cat([pe, self._build_rows(pe.shape[1], needed - pe.shape[1], pe.device, pe.dtype)], dim=1)
+        than the max_len it read (_extend_table assigns pe before max_len)."""
+        if ops.capturing_for_export():
+            return self._extended_copy(needed)
         with _GROW_LOCK:
             if self.pe.shape[1] < needed:  # else another thread grew it meanwhile
                 self._extend_table(max(needed, 2 * self.pe.shape[1]))
             return self.pe
+
+    def _extended_copy(self, needed) -> Tensor:
+        """The table a graph captured for export uses past its rows: it writes no buffer, but extends a copy of the
+        table, by the rows the call needs under torch.export (any count: a dynamic length), and under jit.trace,
+        which records sizes as constants, as eager grows it (its graph then serves up to that many positions)."""
+        pe, first = self.pe, self.pe.shape[1]
+        if torch.jit.is_tracing():  # sizes are traced tensors: settle them
+            first = int(first)
+            needed = max(int(needed), 2 * first)
+        return torch.cat([pe, self._build_rows(first, needed - first, pe.device, pe.dtype)], dim=1)
 
     def _extend_table(self, rows: int) -> None:
         """Appends computed rows up to `rows`; the rows the table has keep their values (a loaded table's too). The

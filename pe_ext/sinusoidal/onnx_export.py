@@ -95,7 +95,7 @@ def _computed_rows(g: OnnxGraph, ids, ids_dtype: torch.dtype, d_model: int, acc:
 def _pe_rows(g: OnnxGraph, ids, ids_dtype: torch.dtype, table, d_model: int, acc: torch.dtype, options: dict):
     """alpha * pe(ids, :) in acc, shaped ids.shape + (d_model,), zero where the position is padding_idx."""
     if table is not None:
-        rows = table if len(g.shape(table)) == 2 else g.op("Squeeze", table, _axes(g, 0))
+        rows = table if g.rank(table) == 2 else g.op("Squeeze", table, _axes(g, 0))
         pe = _cast(g, g.op("Gather", rows, ids, axis=0), g.dtype(table), acc)
     else:
         pe = _computed_rows(g, ids, ids_dtype, d_model, acc, options)
@@ -120,15 +120,15 @@ def _refuse_dropout(dropout: float) -> None:
 def add_pe(g: OnnxGraph, x, table, offset, scale: float, seq_dim: int, **options):
     """out = x * scale + alpha * pe(position), along x's dimension seq_dim."""
     _refuse_dropout(options["dropout"])
-    shape, x_dtype = g.shape(x), g.dtype(x)
-    if shape[-1] is None:
+    rank, d_model, x_dtype = g.rank(x), g.width(x), g.dtype(x)
+    if d_model is None:
         raise ValueError("pe_ext: ONNX export needs x's last dimension (d_model) to be static; mark only the batch "
                          "and sequence dimensions dynamic")
-    dim, d_model, acc = seq_dim % len(shape), shape[-1], reference.acc_dtype(x_dtype)
+    dim, acc = seq_dim % rank, reference.acc_dtype(x_dtype)
     ids, ids_dtype = _positions(g, x, dim, offset, options["positions"])
     pe = _pe_rows(g, ids, ids_dtype, table, d_model, acc, options)
-    shared = options["positions"] is None or len(g.shape(options["positions"])) == 1  # (seq_len,) positions
-    if shared and len(shape) == 3 and dim == 0:
+    shared = options["positions"] is None or g.rank(options["positions"]) == 1  # (seq_len,) positions
+    if shared and rank == 3 and dim == 0:
         pe = g.op("Unsqueeze", pe, _axes(g, 1))  # (seq_len, 1, d_model) against (seq_len, batch, d_model)
     scaled = _cast(g, x, x_dtype, acc)
     if scale != 1.0:

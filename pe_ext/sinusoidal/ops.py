@@ -180,8 +180,8 @@ def sinusoidal_table(num_positions: int, d_model: int, *, offset: int = 0, dtype
     if dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"pe_ext: dtype must be float32, float64, float16 or bfloat16, got {dtype}")
     encoding = op_encoding(checked_encoding(encoding, "sinusoidal_table()"))
-    if capturing_for_export():  # pe added to zeros: the same values
-        zeros = torch.zeros(num_positions, d_model, dtype=dtype, device=device)
+    if capturing_for_export():  # pe added to zeros (a static width, which the ONNX translation needs)
+        zeros = torch.zeros(num_positions, 1, dtype=dtype, device=device).expand(-1, d_model)
         return torch.ops.pe_ext.add_pe.default(zeros, None, _checked_offset(offset), 1.0, 0, **encoding)
     out = torch.empty(num_positions, d_model, dtype=dtype, device=device)
     torch.ops.pe_ext.fill_table_.default(out, _checked_offset(offset), **encoding)
@@ -196,7 +196,7 @@ def sinusoidal_embedding(positions: Tensor, d_model: int, *, offset: int = 0, pa
         raise ValueError(f"pe_ext: d_model must be > 0, got {d_model}")
     encoding = op_encoding(checked_encoding(encoding, "sinusoidal_embedding()"))
     flat = positions.reshape(-1)
-    if capturing_for_export():  # pe added to zeros, shaped from the positions (a dynamic length stays dynamic)
+    if capturing_for_export():  # pe added to zeros shaped from the positions (a dynamic length stays dynamic)
         zeros = torch.zeros_like(flat, dtype=dtype).unsqueeze(1).expand(-1, d_model)
         out = torch.ops.pe_ext.add_pe.default(zeros, None, _checked_offset(offset), 1.0, 0, positions=flat,
                                               padding_idx=padding_idx, **encoding)

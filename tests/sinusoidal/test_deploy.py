@@ -86,6 +86,11 @@ def zoo(dtype):
     return model.half() if dtype == torch.float16 else model
 
 
+def grow_model():
+    """ESPnet's layer: its table (8 rows here) grows on demand."""
+    return nn.Sequential(pe_ext.ScaledPositionalEncoding(D_MODEL, max_len=8, alpha=0.5)).eval()
+
+
 def export_onnx(model, inputs, dynamo: bool) -> bytes:
     """The model in ONNX with a dynamic batch and sequence length."""
     if dynamo:
@@ -162,6 +167,19 @@ def test_torchscript_onnx_export_exports_training_models_in_eval_mode_or_refuses
     torch.testing.assert_close(run_onnx(buffer.getvalue(), (x,))[0], model.eval()(x), atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match=r"dropout \(p=0\.5\) cannot be exported to ONNX.*model\.eval\(\)"):
         torch.onnx.export(model.train(), (x,), io.BytesIO(), dynamo=False, training=torch.onnx.TrainingMode.TRAINING)
+
+
+def test_torchscript_onnx_export_of_a_growing_layer_past_its_table():
+    """jit.trace records sizes as constants: the graph extends its table as eager would grow it (to twice its rows
+    here), and serves every length up to that; the layer's own table is left as it was."""
+    model = grow_model()
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (torch.randn(2, 12, D_MODEL),), buffer, dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "batch", 1: "seq"}})
+    assert model[0].pe.shape[1] == 8
+    for seq_len in (5, 12, 16):
+        x = torch.randn(3, seq_len, D_MODEL)
+        torch.testing.assert_close(run_onnx(buffer.getvalue(), (x,))[0], model(x), atol=1e-6, rtol=1e-6)
 
 
 # TorchScript
@@ -291,11 +309,6 @@ def test_jit_trace_in_training_mode_draws_a_fresh_mask_per_call_as_eager():
 
 
 # torch.export and AOTInductor
-
-
-def grow_model():
-    """ESPnet's layer: its table (8 rows here) grows on demand."""
-    return nn.Sequential(pe_ext.ScaledPositionalEncoding(D_MODEL, max_len=8, alpha=0.5)).eval()
 
 
 def export_past_the_table(model):
