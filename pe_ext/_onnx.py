@@ -30,7 +30,6 @@ ONNX_DTYPES = {torch.float32: 1, torch.int32: 6, torch.int64: 7, torch.bool: 9, 
 _TORCH_DTYPES = {number: dtype for dtype, number in ONNX_DTYPES.items()}
 
 Builder = Callable[..., object]
-TRANSLATIONS: dict[str, Builder] = {}
 
 
 class OnnxGraph:
@@ -53,10 +52,6 @@ class OnnxGraph:
     def width(self, value) -> int | None:
         """The size of the value's last dimension, None if it is dynamic."""
         raise NotImplementedError
-
-
-def _array(value, dtype: torch.dtype) -> np.ndarray:
-    return torch.tensor(value, dtype=dtype).numpy()
 
 
 # The TorchScript exporter's attribute names carry their type as a suffix.
@@ -98,7 +93,7 @@ class _OnnxScriptGraph(OnnxGraph):
         return getattr(self.opset, op_type)(*inputs, **attributes)
 
     def constant(self, value, dtype):
-        return self.opset.Constant(value=self.ir.tensor(_array(value, dtype)))
+        return self.opset.Constant(value=self.ir.tensor(torch.tensor(value, dtype=dtype).numpy()))
 
     def dtype(self, value):
         return _TORCH_DTYPES[int(value.dtype)]
@@ -247,7 +242,6 @@ _ONNXSCRIPT_REGISTRY = "onnxscript.function_libs.torch_lib.registration"
 
 def register_translation(op_name: str, builder: Builder) -> None:
     """Registers the translation of torch.ops.pe_ext.<op_name> with both exporters, each as it is loaded."""
-    TRANSLATIONS[op_name] = builder
     qualified = f"pe_ext::{op_name}"
     when_imported("torch.onnx", lambda torch_onnx: torch_onnx.register_custom_op_symbolic(
         qualified, _symbolic(op_name, builder), MIN_OPSET))

@@ -133,6 +133,10 @@ class PositionalEncoding(_GivenFrequencies):
 
     Every argument is checked here (type and range), not at the first forward.
 
+    torch.jit.script and torch.fx.symbolic_trace see _graph_forward: one call of the op with the table as it is
+    (no growth; the op refuses positions past it). torch.export and the ONNX exporters trace forward, a growing
+    table included (see _extended_copy).
+
     load_state_dict takes a `pe` of any length, shaped (1, max_len, d_model), (max_len, 1, d_model) or
     (max_len, d_model), and keeps its values as loaded: the module then serves as many positions as it has, and
     extends it with computed rows up to its own max_len when it is shorter. The attribute checkpoint_shape (one of
