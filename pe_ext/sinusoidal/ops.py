@@ -107,7 +107,10 @@ def _dropout_keywords(x: Tensor, dropout: float, generator: torch.Generator | No
     capturing = x.is_cuda and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing()
     if generator is None and capturing:
         device = x.device
-    return {"dropout": dropout, "seed": torch.randint(0, 2**63 - 1, (), generator=generator, device=device)}
+    # No generator= unless one is given: graphs then hold aten.randint.low, which the ONNX exporters know (and
+    # reach pe_ext's translation, which refuses dropout clearly).
+    chosen = {} if generator is None else {"generator": generator}
+    return {"dropout": dropout, "seed": torch.randint(0, 2**63 - 1, (), device=device, **chosen)}
 
 
 def capturing_for_export() -> bool:
