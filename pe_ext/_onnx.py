@@ -32,6 +32,15 @@ _TORCH_DTYPES = {number: dtype for dtype, number in ONNX_DTYPES.items()}
 Builder = Callable[..., object]
 
 
+def capturing_for_export() -> bool:
+    """Whether torch.export or jit.trace is capturing a graph (torch.onnx's two exporters run one of them). ONNX
+    graphs hold no writes, and neither exporter translates an op's write into a tensor: while capturing, a family's
+    functions that write (the sinusoidal table builders, its in-place add) call its functional op instead."""
+    # torch._C._is_tracing() is torch.jit.is_tracing() without its test for TorchScript (~0.1 us a call), which
+    # never compiles these functions.
+    return torch.compiler.is_exporting() or torch._C._is_tracing()
+
+
 class OnnxGraph:
     """What a builder emits with, and what it may ask of its input values (both known when the graph is built)."""
 

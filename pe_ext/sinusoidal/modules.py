@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import threading
 from typing import Literal
 
@@ -11,6 +10,8 @@ from torch import Tensor, nn
 from torch.fx import Proxy
 
 from .._checks import check_bool, check_int, check_number
+from .._onnx import capturing_for_export
+from .._scripting import Scriptable, register_scriptable
 from . import ops, schema, scripting
 
 BufferMode = Literal["table", "none"]
@@ -61,7 +62,7 @@ def _in_checkpoint_shape(rows: Tensor, shape: str) -> Tensor:
     return {_CHECKPOINT_SHAPES[0]: rows.unsqueeze(0), _CHECKPOINT_SHAPES[1]: rows.unsqueeze(1)}.get(shape, rows)
 
 
-class _GivenFrequencies(nn.Module):
+class _GivenFrequencies(Scriptable, nn.Module):
     """A module that may hold frequencies given as a tensor (a model's own div_term or inv_freq) as its
     non-persistent buffer inv_freq: moved by .to(device) as the model's own is, but never converted to another dtype
     (.half() would round them, and with them every angle, which is float32 math even for half data)."""
@@ -80,17 +81,6 @@ class _GivenFrequencies(nn.Module):
         if inv_freq is None:
             return encoding
         return {**encoding, "inv_freq": inv_freq if device is None else inv_freq.to(device)}
-
-    def __prepare_scriptable__(self):
-        """torch.jit.script compiles, in this layer's place, a copy of it (the same buffers, parameters and
-        attributes) whose class compiles the layer's _graph_forward (see _SCRIPTABLE); a subclass of a pe_ext layer
-        is compiled as it is."""
-        scriptable = _SCRIPTABLE.get(type(self))
-        if scriptable is None:
-            return self
-        twin = copy.copy(self)
-        twin.__class__ = scriptable
-        return twin
 
     def _graph_inv_freq(self) -> Tensor | None:
         return self.inv_freq if hasattr(self, "inv_freq") else None
@@ -245,7 +235,7 @@ class PositionalEncoding(_GivenFrequencies):
         """A table of at least `needed` rows (twice the current ones, or as many as needed). Threads growing one
         module at once build it once; a concurrent call reads the old table or the new one, never a table shorter
         than the max_len it read (_extend_table assigns pe before max_len)."""
-        if ops.capturing_for_export():
+        if capturing_for_export():
             return self._extended_copy(needed)
         with _GROW_LOCK:
             if self.pe.shape[1] < needed:  # else another thread grew it meanwhile
@@ -361,9 +351,8 @@ class SinusoidalPositionalEmbedding(_GivenFrequencies):
                                    self._float_tensor.dtype, self._graph_encoding, self._graph_inv_freq())
 
 
-# The classes torch.jit.script compiles in place of the layers (__prepare_scriptable__): each forward runs the
-# layer's _graph_forward when compiled and its eager forward otherwise (torch.jit.script swaps these copies into a
-# scripted layer's eager parent model). They declare the one attribute TorchScript cannot type from its value.
+# The classes torch.jit.script compiles in place of the layers (pe_ext/_scripting.py): _graph_forward when compiled,
+# the eager forward otherwise.
 
 
 class _ScriptablePositionalEncoding(PositionalEncoding):
@@ -398,6 +387,6 @@ class _ScriptableSinusoidalPositionalEmbedding(SinusoidalPositionalEmbedding):
         return SinusoidalPositionalEmbedding.forward(self, tokens, positions)
 
 
-_SCRIPTABLE = {PositionalEncoding: _ScriptablePositionalEncoding,
-               ScaledPositionalEncoding: _ScriptableScaledPositionalEncoding,
-               SinusoidalPositionalEmbedding: _ScriptableSinusoidalPositionalEmbedding}
+register_scriptable(PositionalEncoding, _ScriptablePositionalEncoding)
+register_scriptable(ScaledPositionalEncoding, _ScriptableScaledPositionalEncoding)
+register_scriptable(SinusoidalPositionalEmbedding, _ScriptableSinusoidalPositionalEmbedding)

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .. import _backend
 from .._checks import INT64_MAX, SUPPORTED_DTYPES, check_keywords
+from .._onnx import capturing_for_export
 from . import checks, fallback, schema
 
 _backend.register_family("sinusoidal",
@@ -111,15 +112,6 @@ def _dropout_keywords(x: Tensor, dropout: float, generator: torch.Generator | No
     # reach pe_ext's translation, which refuses dropout clearly).
     chosen = {} if generator is None else {"generator": generator}
     return {"dropout": dropout, "seed": torch.randint(0, 2**63 - 1, (), device=device, **chosen)}
-
-
-def capturing_for_export() -> bool:
-    """Whether torch.export or jit.trace is capturing a graph (torch.onnx's two exporters run one of them). ONNX
-    graphs hold no writes, and neither exporter translates a write into a fresh tensor: while capturing, the
-    functions that write (the table builders, the in-place add) call the functional add_pe instead."""
-    # torch._C._is_tracing() is torch.jit.is_tracing() without its test for TorchScript (~0.1 us a call), which
-    # never compiles these functions.
-    return torch.compiler.is_exporting() or torch._C._is_tracing()
 
 
 def _checked_call(offset: int, scale: float, encoding: dict, caller: str) -> int:
