@@ -204,7 +204,15 @@ void in_place_as_copy_kernel(const c10::OperatorHandle& op, torch::jit::Stack* s
     return;
   }
   const OpArguments args(op, torch::jit::pop(*stack, num_arguments));
-  args.tensor(D::kWritten).copy_(D::out_of_place(args));
+  if constexpr (std::is_array_v<decltype(D::kWritten)>) {  // several written arguments: all values first
+    const std::vector<at::Tensor> values = D::out_of_place(args);
+    for (size_t i = 0; i < std::size(D::kWritten); ++i) {
+      const at::Tensor written = args.tensor(D::kWritten[i]);
+      if (written.defined()) written.copy_(values[i]);
+    }
+  } else {
+    args.tensor(D::kWritten).copy_(D::out_of_place(args));
+  }
 }
 
 void refuse_tracked_out_kernel(const c10::OperatorHandle& op, torch::jit::Stack* stack);
@@ -229,6 +237,9 @@ torch::CppFunction differentiable() {
 // The Autograd kernel of an in-place op. D supplies:
 //   static constexpr const char* kWritten   the argument written
 //   static at::Tensor out_of_place(const OpArguments& args)   the value written, from a differentiable op
+// or, for an op that writes several arguments:
+//   static constexpr const char* kWritten[]   the arguments written (those passed as None are skipped)
+//   static std::vector<at::Tensor> out_of_place(const OpArguments& args)   a value per kWritten entry
 template <typename D>
 torch::CppFunction in_place_as_copy() {
   return torch::CppFunction::makeFromBoxedFunction<&detail::in_place_as_copy_kernel<D>>();

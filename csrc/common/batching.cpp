@@ -66,8 +66,9 @@ void batched_kernel(const c10::OperatorHandle& op, torch::jit::Stack* stack, Fol
   }
   for (size_t i = 0; i < arguments.size(); ++i) {
     const c10::AliasInfo* alias = arguments[i].alias_info();
-    TORCH_CHECK(batch_size < 0 || alias == nullptr || !alias->isWrite() || dims[i].has_value(), "pe_ext: vmap of ",
-                op.schema().name(), " writes ", arguments[i].name(),
+    const bool written = alias != nullptr && alias->isWrite() && args.values()[i].isTensor();  // None: nothing written
+    TORCH_CHECK(batch_size < 0 || !written || dims[i].has_value(), "pe_ext: vmap of ", op.schema().name(), " writes ",
+                arguments[i].name(),
                 ", which is not vmapped while other arguments are; vmap over it too, or write into a batched tensor");
   }
   std::optional<std::vector<at::Tensor>> outputs;

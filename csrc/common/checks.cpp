@@ -7,6 +7,11 @@
 #include <utility>
 #include <vector>
 
+#ifdef PE_EXT_WITH_CUDA
+#include <c10/cuda/CUDAGraphsC10Utils.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 namespace pe_ext {
 
 bool is_supported_dtype(at::ScalarType t) {
@@ -82,6 +87,16 @@ void check_offset_fits(int64_t offset, int64_t count) {
 void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name) {
   TORCH_CHECK_VALUE(t.device() == like.device(), "pe_ext: ", name, " is on ", t.device(), " but ", like_name, " is on ",
                     like.device());
+}
+
+bool values_readable(const at::Tensor& t) {
+#ifdef PE_EXT_WITH_CUDA
+  if (t.is_cuda()) {
+    const auto stream = c10::cuda::getCurrentCUDAStream(t.get_device());
+    return c10::cuda::captureStatusMayInitCtx(stream) == c10::cuda::CaptureStatus::None;
+  }
+#endif
+  return true;
 }
 
 }  // namespace pe_ext

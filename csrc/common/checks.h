@@ -26,4 +26,8 @@ void check_offset_fits(int64_t offset, int64_t count);
 
 void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name);
 
+// Whether the host may read t's values now: always for CPU tensors; for CUDA tensors unless the current stream of their
+// device is capturing a CUDA graph (a device-to-host copy fails there, and the graph would replay what it read once).
+bool values_readable(const at::Tensor& t);
+
 }  // namespace pe_ext

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "common/angle.h"
 #include "common/host_device.h"
 
 namespace pe_ext::sinusoidal {
@@ -35,40 +36,15 @@ inline int64_t num_frequencies(int64_t d_model, Layout layout) {
   return layout == Layout::kInterleaved ? (d_model + 1) / 2 : d_model / 2;
 }
 
-// Accurate sin and cos (no fast-math intrinsics: the angle reaches 1e5 and beyond, where __sinf is useless).
-PE_HOST_DEVICE void sin_cos(float angle, float* s, float* c) {
-#if defined(__CUDA_ARCH__)
-  ::sincosf(angle, s, c);
-#else
-  *s = std::sin(angle);
-  *c = std::cos(angle);
-#endif
-}
-
-PE_HOST_DEVICE void sin_cos(double angle, double* s, double* c) {
-#if defined(__CUDA_ARCH__)
-  ::sincos(angle, s, c);
-#else
-  *s = std::sin(angle);
-  *c = std::cos(angle);
-#endif
-}
-
 // The angle whose sin and cos pe(pos) takes at frequency freq, in acc_t. The default is rounded in acc_t as the
 // classic float32 product `position * div_term` is, which loses ~1e-2 by position 300k. precise_angle forms the
-// product in double and subtracts the nearest multiple of 2*pi (split in two parts, so the product k * 2pi is exact
-// to ~1e-16 relative) before rounding to acc_t, keeping the error under 1e-6 far beyond 16M positions. pos_t is
-// int64_t or double (fractional positions).
+// product in double and reduces it (common/angle.h) before rounding to acc_t, keeping the error under 1e-6 far beyond
+// 16M positions. pos_t is int64_t or double (fractional positions).
 template <typename acc_t, typename pos_t>
 PE_HOST_DEVICE acc_t pe_angle(bool precise_angle, pos_t pos, double freq) {
   if constexpr (sizeof(acc_t) < sizeof(double)) {  // float64 math needs no help
     if (precise_angle) {
-      constexpr double kTwoPi = 6.283185307179586;           // 2*pi rounded to double
-      constexpr double kTwoPiTail = 2.4492935982947064e-16;  // 2*pi - kTwoPi
-      constexpr double kInvTwoPi = 0.15915494309189535;
-      const double angle = static_cast<double>(pos) * freq;
-      const double turns = ::rint(angle * kInvTwoPi);
-      return static_cast<acc_t>(::fma(-turns, kTwoPiTail, ::fma(-turns, kTwoPi, angle)));
+      return static_cast<acc_t>(reduce_angle(static_cast<double>(pos) * freq));
     }
   }
   return static_cast<acc_t>(pos) * static_cast<acc_t>(freq);

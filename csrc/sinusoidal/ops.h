@@ -9,6 +9,7 @@
 #include <c10/util/string_view.h>
 #include <torch/library.h>
 
+#include "common/options.h"
 #include "sinusoidal/frequencies.h"
 #include "sinusoidal/math.h"
 
@@ -52,14 +53,7 @@ namespace pe_ext::sinusoidal {
   X(double, dropout, "float", "0.0")                                \
   X(const c10::optional<at::Tensor>&, seed, "Tensor?", "None")
 
-// Expansions of the list: a schema tail (", float base=10000.0, ..."), a parameter list and an argument list to
-// append after the positional ones, and struct fields.
-#define PE_OPTION_SCHEMA(cpp_type, name, schema_type, schema_default) ", " schema_type " " #name "=" schema_default
-#define PE_OPTION_PARAM(cpp_type, name, ...) , cpp_type name
-#define PE_OPTION_ARG(cpp_type, name, ...) , name
-#define PE_OPTION_FIELD(cpp_type, name, ...) cpp_type name;
-#define PE_OPTION_INIT(cpp_type, name, ...) name,
-
+// The list's expansions (common/options.h).
 #define PE_SINUSOIDAL_OPTIONS_SCHEMA PE_SINUSOIDAL_OPTIONS(PE_OPTION_SCHEMA)
 #define PE_SINUSOIDAL_OPTIONS_PARAMS PE_SINUSOIDAL_OPTIONS(PE_OPTION_PARAM)
 #define PE_SINUSOIDAL_OPTIONS_ARGS PE_SINUSOIDAL_OPTIONS(PE_OPTION_ARG)
@@ -109,7 +103,6 @@ SinusoidalProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Te
 
 // Check the arguments of fill_table_ (out: [num_positions, d_model]) and view them as a problem with no x.
 SinusoidalProblem prepare_fill_table(const at::Tensor& out, int64_t offset, const SinusoidalOptions& options);
-
 
 // Declares the family's ops (csrc/library.cpp calls it inside the one TORCH_LIBRARY block).
 void define(torch::Library& m);

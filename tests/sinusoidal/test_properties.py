@@ -182,8 +182,9 @@ def test_public_api_matches_the_oracle(problem, form, buffer, layout):
         assert pe_ext.add_sinusoidal_pe(x, offset=offset, scale=scale, base=base, batch_first=batch_first,
                                         out=out) is out
     else:
-        offset = min(offset, 300)  # the module's table holds max_len rows
-        module = pe_ext.PositionalEncoding(d_model, max_len=offset + seq_len, **buffer, batch_first=batch_first,
+        offset = min(offset, 300)  # the module's table holds max_len (>= 1) rows
+        module = pe_ext.PositionalEncoding(d_model, max_len=max(1, offset + seq_len), **buffer,
+                                           batch_first=batch_first,
                                            scale=scale, base=base)
         out = module(x, offset=offset)
     seq_dim_of_x = seq_dim if x.dim() == 3 else 0
