@@ -13,6 +13,9 @@ so a scriptable class's forward runs the layer's eager forward when not compiled
 
 The class also declares, as a dict of objects in __annotations__, the attributes TorchScript cannot type from their
 values (a NamedTuple's field types, for one).
+
+A pe_ext layer with no scriptable class is refused by name, before TorchScript meets its forward (whose error would
+name a type annotation); a user's subclass of a pe_ext layer is compiled as it is.
 """
 
 from __future__ import annotations
@@ -26,13 +29,25 @@ def register_scriptable(layer: type, scriptable: type) -> None:
     _SCRIPTABLE[layer] = scriptable
 
 
+def scriptable_layers() -> list[str]:
+    return sorted(f"{layer.__module__}.{layer.__qualname__}" for layer in _SCRIPTABLE)
+
+
 class Scriptable:
     def __prepare_scriptable__(self):
-        """What torch.jit.script compiles in this layer's place; a subclass the family did not register is compiled
-        as it is."""
-        scriptable = _SCRIPTABLE.get(type(self))
-        if scriptable is None:
-            return self
-        twin = copy.copy(self)
-        twin.__class__ = scriptable
-        return twin
+        """What torch.jit.script compiles in this layer's place. A scriptable class may refuse some configurations
+        of its layer: its why_not_scripted(layer) then returns the reason."""
+        layer = type(self)
+        scriptable = _SCRIPTABLE.get(layer)
+        refusal = getattr(scriptable, "why_not_scripted", lambda _: None)(self)
+        if scriptable is not None and refusal is None:
+            twin = copy.copy(self)
+            twin.__class__ = scriptable
+            return twin
+        if layer.__module__.split(".")[0] == "pe_ext":
+            reason = f" ({refusal})" if refusal else ""
+            raise NotImplementedError(
+                f"pe_ext: torch.jit.script cannot compile {layer.__module__}.{layer.__qualname__}{reason}; the "
+                f"layers it compiles are {', '.join(scriptable_layers())}. torch.jit.trace records this layer's "
+                "eager forward instead")
+        return self
