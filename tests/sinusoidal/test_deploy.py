@@ -20,7 +20,9 @@ from torch import nn
 
 import pe_ext
 from pe_ext.sinusoidal import schema, scripting
+from tests.compat import test_deploy as compat_deploy
 from tests.helpers import requires_extension
+from tests.rotary import test_deploy as rotary_deploy
 
 D_MODEL, MAX_LEN = 16, 64
 # The ONNX graphs' results against eager: the same float32 math (float64 for float64 x) with other sin/cos and
@@ -360,15 +362,30 @@ FRESH_PROCESS = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
-def test_scripted_layers_and_an_aoti_package_load_in_a_fresh_process(tmp_path):
-    """One fresh process (imports are slow) with `import pe_ext` alone loads every scripted layer and an
-    AOTInductor package of a growing layer exported past its table, each equal to eager."""
-    scripted = {}
+def scripted_layers():
+    """(layer, [(args, kwargs, eager result)]) for each layer TorchScript compiles: pe_ext's (LAYERS), the compat
+    layers' and the rotary ones' (their own tests' tables)."""
     for name, make in LAYERS.items():
         layer = make().eval()
-        torch.jit.save(torch.jit.script(layer), tmp_path / f"{name}.pt")
-        scripted[name] = [(args, kwargs, layer(*args, **kwargs)) for args, kwargs in layer_calls(name)]
+        yield layer, [(args, kwargs, layer(*args, **kwargs)) for args, kwargs in layer_calls(name)]
+    for make, calls in compat_deploy.SCRIPTED.values():
+        layer = make().eval()
+        yield layer, [(args, kwargs, layer(*args, **kwargs)) for args, kwargs in calls()]
+    for make in rotary_deploy.LAYERS.values():
+        layer = make()
+        eager = [layer(*args, **kwargs) for args, kwargs in rotary_deploy.layer_calls()]  # in-place calls write x
+        yield layer, [(args, kwargs, want) for (args, kwargs), want in zip(rotary_deploy.layer_calls(), eager)]
+
+
+@pytest.mark.slow
+def test_scripted_layers_and_an_aoti_package_load_in_a_fresh_process(tmp_path):
+    """One fresh process (imports are slow) with `import pe_ext` alone loads every scripted layer (pe_ext's, the
+    compat and rotary ones TorchScript compiles) and an AOTInductor package of a growing layer exported past its
+    table, each equal to eager."""
+    scripted = {}
+    for index, (layer, calls) in enumerate(scripted_layers()):
+        torch.jit.save(torch.jit.script(layer), tmp_path / f"{index}.pt")
+        scripted[index] = calls
     torch.save(scripted, tmp_path / "scripted.pt")
     model = grow_model()
     fast_build = {"aot_inductor.compile_wrapper_opt_level": "O0", "aot_inductor.precompile_headers": False}
