@@ -38,10 +38,18 @@ def test_torchscript_scripts_rotary_embedding_equal_to_eager(name):
         torch.testing.assert_close(scripted(*args, **kwargs), layer(*eager_args, **eager_kwargs), atol=0, rtol=0)
 
 
-def test_torchscript_refuses_rope_types_that_follow_the_length_by_name():
+LENGTH_FOLLOWING = {
+    "dynamic": {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0},
+    "longrope": {"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 32,
+                 "short_factor": [1.0, 1.5, 2.0, 2.5], "long_factor": [2.0, 3.0, 4.0, 5.0]},
+}
+
+
+@pytest.mark.parametrize("rope_type", LENGTH_FOLLOWING)
+def test_torchscript_refuses_rope_types_that_follow_the_length_by_name(rope_type):
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(hidden_size=32, num_attention_heads=4, max_position_embeddings=64,
-                                      rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})
-    with pytest.raises(NotImplementedError, match=r"cannot compile pe_ext\.rotary\.modules\.RotaryEmbedding \(rope "
-                                                  r"type 'dynamic' recomputes its frequencies"):
+                                      rope_parameters=dict(LENGTH_FOLLOWING[rope_type]))
+    with pytest.raises(NotImplementedError, match=rf"cannot compile pe_ext\.rotary\.modules\.RotaryEmbedding \(rope "
+                                                  rf"type '{rope_type}' recomputes its frequencies"):
         torch.jit.script(pe_ext.RotaryEmbedding.from_config(config))

@@ -155,6 +155,35 @@ def test_onnx_export_runs_in_onnxruntime_like_eager(dynamo, dtype):
             torch.testing.assert_close(got, want, **ONNX_TOLERANCE[dtype], msg=lambda m, name=name: f"{name}: {m}")
 
 
+# What each mode exports: (layer, ONNX ops its graph holds, ops it does not). On the fly, the frequencies are
+# constants (no Exp); Gather also reads shapes there.
+MODES = {
+    "table": (lambda: pe_ext.PositionalEncoding(D_MODEL, MAX_LEN, scale=2.0), {"Gather"}, {"Sin", "Cos"}),
+    "on_the_fly": (lambda: pe_ext.PositionalEncoding(D_MODEL, buffer="none"), {"Sin", "Cos"}, {"Exp"}),
+}
+
+
+@requires_onnx
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dynamo", [False, dynamo_exporter])
+def test_onnx_exports_a_table_as_a_gather_of_its_rows_and_on_the_fly_rows_as_sin_and_cos(dynamo, mode):
+    make, present, absent = MODES[mode]
+    layer = make().eval()
+    if dynamo:
+        seq = torch.export.Dim("seq", min=2, max=MAX_LEN)
+        onnx_bytes = torch.onnx.export(layer, (torch.randn(2, 10, D_MODEL),), dynamo=True, verbose=False,
+                                       dynamic_shapes={"x": {1: seq}}).model_proto.SerializeToString()
+    else:
+        buffer = io.BytesIO()
+        torch.onnx.export(layer, (torch.randn(2, 10, D_MODEL),), buffer, dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {1: "seq"}})
+        onnx_bytes = buffer.getvalue()
+    ops = {op for _, op in op_types(onnx_bytes)}
+    assert present <= ops and not absent & ops, ops
+    x = torch.randn(2, 37, D_MODEL)
+    torch.testing.assert_close(run_onnx(onnx_bytes, (x,))[0], layer(x), atol=1e-6, rtol=1e-6)
+
+
 def training_model():
     return nn.Sequential(nn.Linear(8, D_MODEL), pe_ext.PositionalEncoding(D_MODEL, MAX_LEN, 0.5)).train()
 
@@ -226,6 +255,7 @@ def layer_calls(name, dtype=torch.float32):
 def test_torchscript_scripts_every_layer_equal_to_eager(name, dtype):
     layer = LAYERS[name]().eval().to(dtype)
     scripted = torch.jit.script(layer)
+    assert ("pe_ext::fill_table_" if name == "embedding" else "pe_ext::add_pe") in str(scripted.inlined_graph)
     for args, kwargs in layer_calls(name, dtype):
         torch.testing.assert_close(scripted(*args, **kwargs), layer(*args, **kwargs), atol=0, rtol=0)
 
