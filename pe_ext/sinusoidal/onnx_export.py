@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from .._onnx import ONNX_DTYPES, OnnxGraph, register_translation
-from . import reference
+from . import ops, reference  # noqa: F401  (ops registers the ops translated here: torch.onnx may be loaded already)
 from .schema import ENCODING
 
 # math.h's constants of the precise angle.

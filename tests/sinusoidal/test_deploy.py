@@ -376,6 +376,7 @@ FRESH_PROCESS = textwrap.dedent("""
     from pathlib import Path
 
     import torch
+    import torch.onnx  # loaded before pe_ext (as transformers does): pe_ext registers its symbolics at import
     import pe_ext
 
     # pe_ext registers its ONNX translations as the exporters load: importing it does not load onnxscript (~1 s).
