@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.14.1
 DEPS := torch==$(TORCH_VERSION) numpy ninja pybind11 setuptools wheel pytest hypothesis matplotlib tqdm transformers \
-	ruff==0.17.6 clang-format==23.1.5
+	onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0 ruff==0.17.6 clang-format==23.1.5
 BENCH_ARGS ?=
 
 # torch guesses the CUDA root from the nvcc on PATH, which may be a wrapper; point it at the toolkit.

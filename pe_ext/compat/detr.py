@@ -9,6 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .._scripting import Scriptable
 from ._common import sin_cos_of_angles
 
 
@@ -26,7 +27,7 @@ class NestedTensor(NamedTuple):
         return self.tensors, self.mask
 
 
-class PositionEmbeddingSine(nn.Module):
+class PositionEmbeddingSine(Scriptable, nn.Module):
     """DETR's PositionEmbeddingSine(num_pos_feats=64, temperature=10000, normalize=False, scale=None).
 
     forward(tensor_list, mask=None), tensor_list a NestedTensor (anything with .tensors and .mask, as DETR's) or a

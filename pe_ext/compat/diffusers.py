@@ -8,6 +8,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._scripting import Scriptable
 from ..sinusoidal import ops
 from ._common import sin_cos_of_angles
 
@@ -48,7 +49,7 @@ def get_timestep_embedding(timesteps: Tensor, embedding_dim: int, flip_sin_to_co
     return nn.functional.pad(emb, (0, embedding_dim % 2))
 
 
-class Timesteps(nn.Module):
+class Timesteps(Scriptable, nn.Module):
     """diffusers' Timesteps(num_channels, flip_sin_to_cos, downscale_freq_shift, scale=1): forward(timesteps) =
     get_timestep_embedding(timesteps, num_channels, ...). No parameters or buffers, as diffusers'."""
 

@@ -9,6 +9,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._scripting import Scriptable, register_scriptable
 from ..sinusoidal import modules, ops
 from ._common import scaled_dropout
 
@@ -80,7 +81,7 @@ class LegacyRelPositionalEncoding(PositionalEncoding):
         return scaled_dropout(x, self.xscale, p, self.training), scaled_dropout(pos_emb, 1.0, p, self.training)
 
 
-class RelPositionalEncoding(nn.Module):
+class RelPositionalEncoding(Scriptable, nn.Module):
     """ESPnet's RelPositionalEncoding(d_model, dropout_rate, max_len=5000): forward(x) returns
     (dropout(x * sqrt(d_model)), dropout(pos_emb)), pos_emb of shape (1, 2 * seq_len - 1, d_model) at the relative
     positions seq_len - 1, ..., 0, ..., -(seq_len - 1) (Transformer-XL's), sliced from a table of positions L - 1 ...
@@ -121,3 +122,38 @@ class StreamPositionalEncoding(PositionalEncoding):
 
     def forward(self, x: Tensor, start_idx: int = 0) -> Tensor:
         return super().forward(x, start_idx)
+
+
+# The classes torch.jit.script compiles in place of the layers (pe_ext/_scripting.py): the base layer's
+# _graph_forward (no growth, no move of the table to x's device) when compiled, the eager forward otherwise.
+
+
+class _ScriptablePositionalEncoding(PositionalEncoding):
+    __annotations__ = modules._ScriptablePositionalEncoding.__annotations__
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._graph_forward(x, offset, None, None)
+        return self._eager_forward(x, offset)
+
+    @torch.jit.unused
+    def _eager_forward(self, x: Tensor, offset: int) -> Tensor:
+        return PositionalEncoding.forward(self, x, offset)
+
+
+class _ScriptableScaledPositionalEncoding(ScaledPositionalEncoding, _ScriptablePositionalEncoding):
+    __annotations__ = _ScriptablePositionalEncoding.__annotations__
+
+
+class _ScriptableStreamPositionalEncoding(StreamPositionalEncoding, _ScriptablePositionalEncoding):
+    __annotations__ = _ScriptablePositionalEncoding.__annotations__
+
+    def forward(self, x: Tensor, start_idx: int = 0) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._graph_forward(x, start_idx, None, None)
+        return self._eager_forward(x, start_idx)
+
+
+register_scriptable(PositionalEncoding, _ScriptablePositionalEncoding)
+register_scriptable(ScaledPositionalEncoding, _ScriptableScaledPositionalEncoding)
+register_scriptable(StreamPositionalEncoding, _ScriptableStreamPositionalEncoding)

@@ -9,12 +9,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._scripting import Scriptable
 from ..sinusoidal import ops
 from ._common import FAIRSEQ_ENCODING as ENCODING
 from ._common import table_rows
 
 
-class SinusoidalPositionalEmbedding(nn.Module):
+class SinusoidalPositionalEmbedding(Scriptable, nn.Module):
     """fairseq's SinusoidalPositionalEmbedding(embedding_dim, padding_idx, init_size=1024, auto_expand=True).
 
     forward(input, incremental_state=None, timestep=None, positions=None) takes tokens of shape (batch, seq_len) and

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .._scripting import register_scriptable
 from ..sinusoidal import modules
 
 
@@ -14,3 +15,12 @@ class PositionalEncoding(modules.PositionalEncoding):
 
     def __init__(self, d_model: int, dropout: float = 0.1, max_len: int = 5000) -> None:
         super().__init__(d_model, max_len, dropout, batch_first=False)
+
+
+class _ScriptablePositionalEncoding(PositionalEncoding, modules._ScriptablePositionalEncoding):
+    """What torch.jit.script compiles in the layer's place (pe_ext/_scripting.py)."""
+
+    __annotations__ = modules._ScriptablePositionalEncoding.__annotations__
+
+
+register_scriptable(PositionalEncoding, _ScriptablePositionalEncoding)

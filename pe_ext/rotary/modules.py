@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .._scripting import Scriptable, register_scriptable
 from . import hf, reference
 from .ops import apply_rotary
 
 
-class RotaryEmbedding(nn.Module):
+class RotaryEmbedding(Scriptable, nn.Module):
     """Rotary position embedding applied on the fly: forward(q, k) rotates q and k (one fused call, no cos/sin cache),
     and cos_sin(x, position_ids) returns the (cos, sin) pair Hugging Face's rotary embedding returns.
 
@@ -137,3 +138,46 @@ class RotaryEmbedding(nn.Module):
         return (f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, style={self.style!r}, "
                 f"rope_type={self.rope_type!r}, attention_scaling={self.attention_scaling}, "
                 f"precise_angle={self.precise_angle}")
+
+
+class _ScriptableRotaryEmbedding(RotaryEmbedding):
+    """What torch.jit.script compiles in the layer's place (pe_ext/_scripting.py): forward as one call of the op
+    when compiled (its keywords taken positionally too), the eager forward otherwise."""
+
+    __annotations__ = {"inv_freq": Tensor, "original_inv_freq": Tensor}  # as objects: TorchScript's types
+
+    @staticmethod
+    def why_not_scripted(layer: RotaryEmbedding) -> str | None:
+        if layer._follows_length():
+            return f"rope type {layer.rope_type!r} recomputes its frequencies from each call's length"
+        return None
+
+    def forward(self, q: Tensor, k: Tensor | None = None, positions: Tensor | None = None, offset: int = 0,
+                cu_seqlens: Tensor | None = None, layout: str | None = None,
+                inplace: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        if not torch.jit.is_scripting():
+            return self._eager_forward(q, k, positions, offset, cu_seqlens, layout, inplace)
+        if layout is None:
+            layout = "thd" if q.dim() == 3 else "bhsd"
+        if inplace:
+            torch.ops.pe_ext.rotary_(q, k, positions=positions, offset=offset, inv_freq=self.inv_freq,
+                                     style=self.style, attention_scaling=self.attention_scaling,
+                                     precise_angle=self.precise_angle, cu_seqlens=cu_seqlens, layout=layout)
+            if k is None:
+                return q
+            return q, k
+        q_out, k_out = torch.ops.pe_ext.rotary(q, k, positions=positions, offset=offset, inv_freq=self.inv_freq,
+                                               style=self.style, attention_scaling=self.attention_scaling,
+                                               precise_angle=self.precise_angle, cu_seqlens=cu_seqlens, layout=layout)
+        if k is None:
+            return q_out
+        return q_out, k_out
+
+    @torch.jit.unused
+    def _eager_forward(self, q: Tensor, k: Tensor | None, positions: Tensor | None, offset: int,
+                       cu_seqlens: Tensor | None, layout: str | None, inplace: bool) -> Tensor | tuple[Tensor, Tensor]:
+        return RotaryEmbedding.forward(self, q, k, positions=positions, offset=offset, cu_seqlens=cu_seqlens,
+                                       layout=layout, inplace=inplace)
+
+
+register_scriptable(RotaryEmbedding, _ScriptableRotaryEmbedding)

@@ -7,9 +7,12 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.fx import Proxy
 
 from .._checks import check_bool, check_int, check_number
-from . import ops, schema
+from .._onnx import capturing_for_export
+from .._scripting import Scriptable, register_scriptable
+from . import ops, schema, scripting
 
 BufferMode = Literal["table", "none"]
 _BUFFER_MODES = ("table", "none")
@@ -59,7 +62,7 @@ def _in_checkpoint_shape(rows: Tensor, shape: str) -> Tensor:
     return {_CHECKPOINT_SHAPES[0]: rows.unsqueeze(0), _CHECKPOINT_SHAPES[1]: rows.unsqueeze(1)}.get(shape, rows)
 
 
-class _GivenFrequencies(nn.Module):
+class _GivenFrequencies(Scriptable, nn.Module):
     """A module that may hold frequencies given as a tensor (a model's own div_term or inv_freq) as its
     non-persistent buffer inv_freq: moved by .to(device) as the model's own is, but never converted to another dtype
     (.half() would round them, and with them every angle, which is float32 math even for half data)."""
@@ -78,6 +81,9 @@ class _GivenFrequencies(nn.Module):
         if inv_freq is None:
             return encoding
         return {**encoding, "inv_freq": inv_freq if device is None else inv_freq.to(device)}
+
+    def _graph_inv_freq(self) -> Tensor | None:
+        return self.inv_freq if hasattr(self, "inv_freq") else None
 
     def _apply(self, fn, recurse=True):
         given = self._buffers.get("inv_freq")
@@ -117,6 +123,10 @@ class PositionalEncoding(_GivenFrequencies):
 
     Every argument is checked here (type and range), not at the first forward.
 
+    torch.jit.script and torch.fx.symbolic_trace see _graph_forward: one call of the op with the table as it is
+    (no growth; the op refuses positions past it). torch.export and the ONNX exporters trace forward, a growing
+    table included (see _extended_copy).
+
     load_state_dict takes a `pe` of any length, shaped (1, max_len, d_model), (max_len, 1, d_model) or
     (max_len, d_model), and keeps its values as loaded: the module then serves as many positions as it has, and
     extends it with computed rows up to its own max_len when it is shorter. The attribute checkpoint_shape (one of
@@ -144,6 +154,7 @@ class PositionalEncoding(_GivenFrequencies):
         self.encoding = {"base": base, **self._register_frequencies(encoding, device)}
         # What forward passes to the op: only non-default keywords, which each cost time to parse.
         self._op_encoding = {k: v for k, v in self.encoding.items() if schema.DEFAULTS.get(k) != v}
+        self._graph_encoding = scripting.encoding_of(self.encoding)  # what TorchScript and torch.fx pass
         ops.sinusoidal_table(0, d_model, device=device, **self._with_frequencies(self._op_encoding, device))  # checks
         self.dropout = nn.Dropout(dropout)
         table = None if buffer == "none" else self._build_rows(0, max_len, device, torch.float32)
@@ -162,10 +173,12 @@ class PositionalEncoding(_GivenFrequencies):
         if self.pe is not None:
             self.pe.copy_(self._build_rows(0, self.pe.shape[1], self.pe.device, self.pe.dtype))
 
-    def forward(self, x: Tensor, offset: int = 0, *, positions: Tensor | None = None,
+    def forward(self, x: Tensor, offset: int = 0, positions: Tensor | None = None,
                 start_positions: Tensor | None = None) -> Tensor:
         """x plus the encoding of positions offset, offset + 1, ... (offset serves incremental decoding), or of
         offset + positions (ids shaped like x without d_model), or of offset + start_positions[b] + l."""
+        if isinstance(x, Proxy):  # torch.fx is tracing
+            return self._graph_forward(x, offset, positions, start_positions)
         # Decoding calls are overhead-bound: the buffer and parameter are read once, from their dicts when there
         # (nn.Module's __getattr__ costs ~0.5 us), else as attributes, as torch.nn.utils.parametrize expects.
         # (.get(name, self.name) would pay the attribute lookup every call.) max_len is read before pe: growth
@@ -197,6 +210,19 @@ class PositionalEncoding(_GivenFrequencies):
                                      **(self._with_frequencies(self._op_encoding) if "inv_freq" in self._buffers
                                         else self._op_encoding))
 
+    def _graph_forward(self, x: Tensor, offset: int, positions: Tensor | None,
+                       start_positions: Tensor | None) -> Tensor:
+        """forward as TorchScript compiles it and torch.fx traces it: one call of the op with the layer's table as
+        it is (no growth: the op refuses positions past it), no checks of x's shape beyond the op's."""
+        seq_dim = -2 if self.batch_first else 0  # of a 3-D x, 1 if batch_first else 0; of a 2-D x, 0
+        if start_positions is not None:
+            if positions is not None:
+                raise ValueError("pe_ext: give positions or start_positions, not both")
+            positions = scripting.positions_from_starts(start_positions, x.size(seq_dim), self.batch_first)
+        dropout = self.dropout.p if self.training else 0.0
+        return scripting.add_pe(x, self.pe, offset, self.scale, seq_dim, self._graph_encoding, self._graph_inv_freq(),
+                                positions, self.alpha, dropout)
+
     def _positions_needed(self, x: Tensor, offset: int, positions: Tensor | None,
                           start_positions: Tensor | None) -> int:
         """One past the largest position of a call with explicit positions (0 for an empty one)."""
@@ -209,10 +235,22 @@ class PositionalEncoding(_GivenFrequencies):
         """A table of at least `needed` rows (twice the current ones, or as many as needed). Threads growing one
         module at once build it once; a concurrent call reads the old table or the new one, never a table shorter
         than the max_len it read (_extend_table assigns pe before max_len)."""
+        if capturing_for_export():
+            return self._extended_copy(needed)
         with _GROW_LOCK:
             if self.pe.shape[1] < needed:  # else another thread grew it meanwhile
                 self._extend_table(max(needed, 2 * self.pe.shape[1]))
             return self.pe
+
+    def _extended_copy(self, needed) -> Tensor:
+        """The table a graph captured for export uses past its rows: it writes no buffer, but extends a copy of the
+        table, by the rows the call needs under torch.export (any count: a dynamic length), and under jit.trace,
+        which records sizes as constants, as eager grows it (its graph then serves up to that many positions)."""
+        pe, first = self.pe, self.pe.shape[1]
+        if torch.jit.is_tracing():  # sizes are traced tensors: settle them
+            first = int(first)
+            needed = max(int(needed), 2 * first)
+        return torch.cat([pe, self._build_rows(first, needed - first, pe.device, pe.dtype)], dim=1)
 
     def _extend_table(self, rows: int) -> None:
         """Appends computed rows up to `rows`; the rows the table has keep their values (a loaded table's too). The
@@ -292,12 +330,63 @@ class SinusoidalPositionalEmbedding(_GivenFrequencies):
         defaults = {"layout": "concatenated"} if "inv_freq" in self._buffers else {"frequencies": "timescales",
                                                                                   "layout": "concatenated"}
         self.encoding = {**defaults, **encoding}
+        self._graph_encoding = scripting.encoding_of(self.encoding)  # what TorchScript and torch.fx pass
         # Follows .to(device) and .half() as fairseq's buffer of the same name does; it holds no data.
         self.register_buffer("_float_tensor", torch.empty(0), persistent=False)
 
     def forward(self, tokens: Tensor, positions: Tensor | None = None) -> Tensor:
+        if isinstance(tokens, Proxy):  # torch.fx is tracing
+            return self._graph_forward(tokens, positions)
         if positions is None:
             positions = ops.make_positions(tokens, self.padding_idx)
         return ops.sinusoidal_embedding(positions.to(self._float_tensor.device), self.embedding_dim,
                                         padding_idx=self.padding_idx, dtype=self._float_tensor.dtype,
                                         **self._with_frequencies(self.encoding))
+
+    def _graph_forward(self, tokens: Tensor, positions: Tensor | None) -> Tensor:
+        """forward as TorchScript compiles it and torch.fx traces it."""
+        if positions is None:
+            positions = ops.make_positions(tokens, self.padding_idx)
+        return scripting.embedding(positions.to(self._float_tensor.device), self.embedding_dim, self.padding_idx,
+                                   self._float_tensor.dtype, self._graph_encoding, self._graph_inv_freq())
+
+
+# The classes torch.jit.script compiles in place of the layers (pe_ext/_scripting.py): _graph_forward when compiled,
+# the eager forward otherwise.
+
+
+class _ScriptablePositionalEncoding(PositionalEncoding):
+    __annotations__ = {"_graph_encoding": scripting.Encoding}
+
+    def forward(self, x: Tensor, offset: int = 0, positions: Tensor | None = None,
+                start_positions: Tensor | None = None) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._graph_forward(x, offset, positions, start_positions)
+        return self._eager_forward(x, offset, positions, start_positions)
+
+    @torch.jit.unused
+    def _eager_forward(self, x: Tensor, offset: int, positions: Tensor | None,
+                       start_positions: Tensor | None) -> Tensor:
+        return PositionalEncoding.forward(self, x, offset, positions=positions, start_positions=start_positions)
+
+
+class _ScriptableScaledPositionalEncoding(ScaledPositionalEncoding, _ScriptablePositionalEncoding):
+    __annotations__ = _ScriptablePositionalEncoding.__annotations__
+
+
+class _ScriptableSinusoidalPositionalEmbedding(SinusoidalPositionalEmbedding):
+    __annotations__ = {"_graph_encoding": scripting.Encoding}
+
+    def forward(self, tokens: Tensor, positions: Tensor | None = None) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._graph_forward(tokens, positions)
+        return self._eager_forward(tokens, positions)
+
+    @torch.jit.unused
+    def _eager_forward(self, tokens: Tensor, positions: Tensor | None) -> Tensor:
+        return SinusoidalPositionalEmbedding.forward(self, tokens, positions)
+
+
+register_scriptable(PositionalEncoding, _ScriptablePositionalEncoding)
+register_scriptable(ScaledPositionalEncoding, _ScriptableScaledPositionalEncoding)
+register_scriptable(SinusoidalPositionalEmbedding, _ScriptableSinusoidalPositionalEmbedding)

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .. import _backend
 from .._checks import INT64_MAX, SUPPORTED_DTYPES, check_keywords
+from .._onnx import capturing_for_export
 from . import checks, fallback, schema
 
 _backend.register_family("sinusoidal",
@@ -107,7 +108,10 @@ def _dropout_keywords(x: Tensor, dropout: float, generator: torch.Generator | No
     capturing = x.is_cuda and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing()
     if generator is None and capturing:
         device = x.device
-    return {"dropout": dropout, "seed": torch.randint(0, 2**63 - 1, (), generator=generator, device=device)}
+    # No generator= unless one is given: graphs then hold aten.randint.low, which the ONNX exporters know (and
+    # reach pe_ext's translation, which refuses dropout clearly).
+    chosen = {} if generator is None else {"generator": generator}
+    return {"dropout": dropout, "seed": torch.randint(0, 2**63 - 1, (), device=device, **chosen)}
 
 
 def _checked_call(offset: int, scale: float, encoding: dict, caller: str) -> int:
@@ -160,6 +164,8 @@ def add_sinusoidal_pe_(x: Tensor, table: Tensor | None = None, *, offset: int = 
     offset = _checked_call(offset, scale, encoding, "add_sinusoidal_pe_()")
     keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx),
                 **op_encoding(encoding)}
+    if capturing_for_export():
+        return x.copy_(torch.ops.pe_ext.add_pe.default(x, table, offset, scale, seq_dim, **keywords))
     torch.ops.pe_ext.add_pe_.default(x, table, offset, scale, seq_dim, **keywords)
     return x
 
@@ -170,9 +176,12 @@ def sinusoidal_table(num_positions: int, d_model: int, *, offset: int = 0, dtype
     check_table_args(num_positions, d_model)
     if dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"pe_ext: dtype must be float32, float64, float16 or bfloat16, got {dtype}")
+    encoding = op_encoding(checked_encoding(encoding, "sinusoidal_table()"))
+    if capturing_for_export():  # pe added to zeros (a static width, which the ONNX translation needs)
+        zeros = torch.zeros(num_positions, 1, dtype=dtype, device=device).expand(-1, d_model)
+        return torch.ops.pe_ext.add_pe.default(zeros, None, _checked_offset(offset), 1.0, 0, **encoding)
     out = torch.empty(num_positions, d_model, dtype=dtype, device=device)
-    encoding = checked_encoding(encoding, "sinusoidal_table()")
-    torch.ops.pe_ext.fill_table_.default(out, _checked_offset(offset), **op_encoding(encoding))
+    torch.ops.pe_ext.fill_table_.default(out, _checked_offset(offset), **encoding)
     return out
 
 
@@ -182,10 +191,16 @@ def sinusoidal_embedding(positions: Tensor, d_model: int, *, offset: int = 0, pa
     the embedding that fairseq's and Hugging Face's sinusoidal position modules return, built in one kernel."""
     if d_model <= 0:
         raise ValueError(f"pe_ext: d_model must be > 0, got {d_model}")
-    out = torch.empty(positions.numel(), d_model, dtype=dtype, device=positions.device)
-    encoding = checked_encoding(encoding, "sinusoidal_embedding()")
-    torch.ops.pe_ext.fill_table_.default(out, _checked_offset(offset), positions=positions.reshape(-1),
-                                         padding_idx=padding_idx, **op_encoding(encoding))
+    encoding = op_encoding(checked_encoding(encoding, "sinusoidal_embedding()"))
+    flat = positions.reshape(-1)
+    if capturing_for_export():  # pe added to zeros shaped from the positions (a dynamic length stays dynamic)
+        zeros = torch.zeros_like(flat, dtype=dtype).unsqueeze(1).expand(-1, d_model)
+        out = torch.ops.pe_ext.add_pe.default(zeros, None, _checked_offset(offset), 1.0, 0, positions=flat,
+                                              padding_idx=padding_idx, **encoding)
+    else:
+        out = torch.empty(positions.numel(), d_model, dtype=dtype, device=positions.device)
+        torch.ops.pe_ext.fill_table_.default(out, _checked_offset(offset), positions=flat, padding_idx=padding_idx,
+                                             **encoding)
     return out.reshape(*positions.shape, d_model)
 
 
