@@ -5,6 +5,10 @@ which tests/test_module.py and tests/test_parity.py check against the float64 or
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -257,3 +261,88 @@ def test_cuda_graph_capture_and_replay(buffer):
         torch.testing.assert_close(static_inplace, pe_ext.add_sinusoidal_pe(x, offset=3), atol=0, rtol=0)
         torch.testing.assert_close(static_table, pe_ext.sinusoidal_table(50, 64, offset=11, device="cuda"),
                                    atol=0, rtol=0)
+
+
+def capture(step):
+    """step() warmed up on a side stream (as the CUDA graphs documentation asks: it also fills the frequency cache),
+    then captured; returns the graph and the outputs of the captured call."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = step()
+    return graph, outputs
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["table", "on_the_fly"])
+def test_cuda_graph_capture_with_positions(mode):
+    """positions and start_positions capture: the host reads no position while capturing (the kernel checks them
+    against the table), so each replay uses the new contents of the static position tensors, as eager calls do."""
+    d_model = 64
+    table = pe_ext.sinusoidal_table(600, d_model, device="cuda") if mode == "table" else None
+    static_x = torch.randn(4, 100, d_model, device="cuda")
+    static_ids = torch.randint(0, 500, (4, 100), device="cuda")
+    static_starts = torch.randint(0, 400, (4,), device="cuda")
+
+    def step():
+        return (pe_ext.add_sinusoidal_pe(static_x, table, positions=static_ids, padding_idx=1, alpha=0.5),
+                pe_ext.add_sinusoidal_pe(static_x, table, start_positions=static_starts))
+
+    graph, (by_ids, by_starts) = capture(step)
+    for _ in range(3):
+        static_x.copy_(torch.randn_like(static_x))
+        static_ids.copy_(torch.randint(0, 500, (4, 100), device="cuda"))
+        static_starts.copy_(torch.randint(0, 400, (4,), device="cuda"))
+        graph.replay()
+        torch.cuda.synchronize()
+        expected_ids, expected_starts = step()  # eager, its positions checked on the host
+        torch.testing.assert_close(by_ids, expected_ids, atol=0, rtol=0)
+        torch.testing.assert_close(by_starts, expected_starts, atol=0, rtol=0)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_capture_with_positions_and_dropout():
+    """Dropout under capture draws its seed on the GPU inside the graph: each replay has a fresh mask, and the kept
+    values are the eager result without dropout scaled by 1 / (1 - p), at the replay's positions."""
+    static_x = torch.randn(4, 100, 64, device="cuda")
+    static_ids = torch.randint(0, 500, (4, 100), device="cuda")
+    graph, out = capture(lambda: pe_ext.add_sinusoidal_pe(static_x, positions=static_ids, dropout=0.5))
+    masks = []
+    for _ in range(3):
+        static_ids.copy_(torch.randint(0, 500, (4, 100), device="cuda"))
+        graph.replay()
+        torch.cuda.synchronize()
+        masks.append(out == 0)
+        kept = out != 0
+        expected = pe_ext.add_sinusoidal_pe(static_x, positions=static_ids) / 0.5
+        torch.testing.assert_close(out[kept], expected[kept])
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+
+
+@pytest.mark.cuda
+def test_cuda_graph_positions_outside_the_table_assert_in_a_subprocess():
+    """A replayed position past the table stops the kernel with a device-side assert (torch's own indexing kernels do
+    the same) instead of reading past the table. The assert leaves the CUDA context unusable, hence a subprocess."""
+    script = textwrap.dedent("""
+        import torch, pe_ext
+        table = pe_ext.sinusoidal_table(16, 8, device="cuda")
+        x = torch.randn(1, 4, 8, device="cuda")
+        ids = torch.zeros(1, 4, dtype=torch.long, device="cuda")
+        pe_ext.add_sinusoidal_pe(x, table, positions=ids)  # warm-up
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            pe_ext.add_sinusoidal_pe(x, table, positions=ids)
+        ids.fill_(16)
+        graph.replay()
+        torch.cuda.synchronize()
+        print("no error")
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=False,
+                            timeout=120)
+    assert result.returncode != 0 and "no error" not in result.stdout, result.stdout + result.stderr
+    assert "device-side assert" in result.stderr, result.stderr
