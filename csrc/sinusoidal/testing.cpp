@@ -28,16 +28,17 @@ void run_grid(const SinusoidalProblem& p, int64_t num_sms) {
   });
 }
 
-// With x: add_pe written into out; without: fill_table_. The seed is read the way the kernel reads a seed that lives
-// on the GPU (through its pointer), which the real launch takes only for CUDA seed tensors. table_rows >= 0 lets the
-// kernel see only the table's first table_rows rows after the host's checks passed, as when the host could not read
-// the positions (CUDA graph capture): positions beyond them must trip the kernel's own check.
+// With x: add_pe written into out (in place when out is x); without: fill_table_. The seed is read the way the kernel
+// reads a seed that lives on the GPU (through its pointer), which the real launch takes only for CUDA seed tensors.
+// table_rows >= 0 lets the kernel see only the table's first table_rows rows after the host's checks passed, as when
+// the host could not read the positions (CUDA graph capture): positions beyond them must trip the kernel's own check.
 void add_pe_grid_emulator(const at::Tensor& out, const c10::optional<at::Tensor>& x,
                           const c10::optional<at::Tensor>& table, c10::SymInt offset, double scale, int64_t seq_dim,
                           int64_t num_sms, int64_t table_rows PE_SINUSOIDAL_OPTIONS_PARAMS) {
   const SinusoidalOptions options = PE_SINUSOIDAL_OPTIONS_STRUCT;
   SinusoidalProblem p = x.has_value() && x->defined()
-                            ? prepare_add_pe(*x, table, offset.expect_int(), scale, seq_dim, options, out, Write::kOut)
+                            ? prepare_add_pe(*x, table, offset.expect_int(), scale, seq_dim, options, out,
+                                             x->is_same(out) ? Write::kInPlace : Write::kOut)
                             : prepare_fill_table(out, offset.expect_int(), options);
   if (p.dropout > 0) {
     p.seed_on_device = seed->reshape({});

@@ -149,6 +149,68 @@ def test_grid_row_groups_reach_every_row_once(dtype, batch, num_sms, case):
 
 
 @requires_testing_ops
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("d_model", [4096, 4098])
+@pytest.mark.parametrize("num_sms", [1, 132])
+@pytest.mark.parametrize("case", ["computed", "precise_angle", "float32_table", "positions_per_row", "concatenated"])
+def test_grid_decode_rows_span_blocks(dtype, d_model, num_sms, case):
+    """Decoding (batch 64, one position each): a thread owns one chunk, so a row of 4096 columns spans several blocks
+    (1024 chunks of 4 in float32, 512 of 8 in bfloat16), each batch row a block row of its own; d_model 4098 adds a
+    two-column tail, element by element, in the row's last block. Each case is its own kernel: pe computed (float32
+    frequencies), precise_angle (float64 ones, reduced angle), the module's float32 table under the data's dtype,
+    per-row positions (start_positions in decoding), the concatenated layout (a chunk inside the sin or the cos half)."""
+    batch, offset = 64, 70_000
+    x = torch.randn(batch, 1, d_model).to(dtype)
+    positions = torch.full((batch, 1), offset)
+    table, options, layout = None, {}, "interleaved"
+    if case == "precise_angle":
+        options = {"precise_angle": True}
+    elif case == "float32_table":
+        table = pe_ext.sinusoidal_table(offset + 1, d_model)  # float32 whatever x's dtype
+    elif case == "positions_per_row":
+        positions = torch.randint(0, 2 * offset, (batch, 1))
+        options = {"positions": positions}
+    elif case == "concatenated":
+        layout = options["layout"] = "concatenated"
+    out = torch.full_like(x, float("nan"))
+    position_offset = 0 if case == "positions_per_row" else offset
+    torch.ops.pe_ext._add_pe_grid_emulator(out, x, table, position_offset, 1.0, 1, num_sms, **options)
+    expected = x.double() + oracle_encoding(positions.reshape(-1), d_model, layout=layout).reshape(batch, 1, d_model)
+    atol, rtol = tolerance(dtype, int(positions.max()) + 1, 4.0)
+    if case == "precise_angle":
+        atol, rtol = tolerance(dtype, 1, 4.0)  # the reduced angle stays within 1e-6 whatever the position
+    torch.testing.assert_close(out.double(), expected, atol=atol, rtol=rtol)
+
+
+@requires_testing_ops
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("batch", [1, 6])
+@pytest.mark.parametrize("case", ["plain", "fractional", "alpha_zero", "padding"])
+def test_grid_in_place_groups(dtype, batch, case):
+    """out is x (in place) while each thread holds four rows' loads before its first store: every row must still be
+    read before it is written. Groups along the positions (batch 1) and along the batch (6 rows), with fractional
+    positions (the kFractional kernel), alpha 0 (backward's mask pass: pe is 0, no sin/cos) and padding_idx."""
+    seq_len, d_model = 37, 24
+    x = torch.randn(batch, seq_len, d_model).to(dtype)
+    positions = torch.arange(seq_len, dtype=torch.float64).expand(batch, seq_len)
+    options, weight = {}, torch.ones(batch, seq_len, 1, dtype=torch.float64)
+    if case == "fractional":
+        positions = torch.rand(batch, seq_len, dtype=torch.float64) * 100 - 20
+        options = {"positions": positions}
+    elif case == "alpha_zero":
+        options = {"alpha": torch.tensor(0.0)}
+        weight.zero_()
+    elif case == "padding":
+        options = {"padding_idx": 5}
+        weight[:, 5] = 0
+    inout = x.clone()
+    torch.ops.pe_ext._add_pe_grid_emulator(inout, inout, None, 0, 1.0, 1, 132, **options)
+    pe = oracle_encoding(positions.reshape(-1), d_model).reshape(batch, seq_len, d_model)
+    atol, rtol = tolerance(dtype, 100, 4.0)
+    torch.testing.assert_close(inout.double(), x.double() + weight * pe, atol=atol, rtol=rtol)
+
+
+@requires_testing_ops
 def test_grid_kernel_checks_positions_the_host_could_not_read():
     """While a CUDA graph is captured the host cannot read positions, so the kernel checks each one against the
     table's rows itself (a device-side assert on a GPU). The emulator, shown fewer rows than the host checked, raises
