@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from .._checks import INT64_MAX, SUPPORTED_DTYPES, check_keywords
+from .._checks import INT64_MAX, SUPPORTED_DTYPES, capturing_cuda_graph, check_keywords
 from . import checks, fallback, schema
 
 _backend.register_family("sinusoidal",
@@ -104,8 +104,7 @@ def _dropout_keywords(x: Tensor, dropout: float, generator: torch.Generator | No
     if dropout == 0:
         return {}
     device = "cpu" if generator is None else generator.device
-    capturing = x.is_cuda and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing()
-    if generator is None and capturing:
+    if generator is None and capturing_cuda_graph(x):
         device = x.device
     return {"dropout": dropout, "seed": torch.randint(0, 2**63 - 1, (), generator=generator, device=device)}
 

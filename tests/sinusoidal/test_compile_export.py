@@ -16,7 +16,7 @@ from torch import nn
 from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
 import pe_ext
-from tests.sinusoidal.oracle import oracle_add, tolerance
+from tests.sinusoidal.oracle import oracle_add, oracle_encoding, tolerance
 
 D_MODEL, MAX_LEN = 16, 64
 # The module's table modes, as its keywords.
@@ -321,6 +321,26 @@ def test_cuda_graph_capture_with_positions_and_dropout():
         expected = pe_ext.add_sinusoidal_pe(static_x, positions=static_ids) / 0.5
         torch.testing.assert_close(out[kept], expected[kept])
     assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+
+
+def test_growing_layer_reads_no_positions_while_capturing(monkeypatch):
+    """What a CUDA graph capture needs from a grow=True layer, decided on the CPU: while capturing, the layer does not
+    read its positions to grow (a host read breaks the capture), so the op refuses positions past the table as it
+    does under torch.compile (in a captured graph, the kernel's device-side assert); outside capture the layer grows
+    and adds the oracle's rows."""
+    import pe_ext.sinusoidal.modules as modules
+
+    layer = pe_ext.PositionalEncoding(8, max_len=10, grow=True, dropout=0.0)
+    x = torch.randn(2, 4, 8)
+    ids = torch.tensor([[0, 1, 2, 30], [3, 4, 5, 6]])
+    monkeypatch.setattr(modules, "capturing_cuda_graph", lambda t: True)
+    with pytest.raises(ValueError, match="positions up to 30 need 31 table rows"):
+        layer(x, positions=ids)
+    assert layer.pe.shape[1] == 10
+    monkeypatch.undo()
+    expected = x.double() + oracle_encoding(ids.reshape(-1), 8).reshape(2, 4, 8)
+    torch.testing.assert_close(layer(x, positions=ids).double(), expected, atol=1e-5, rtol=1e-6)
+    assert layer.pe.shape[1] >= 31
 
 
 @pytest.mark.cuda
