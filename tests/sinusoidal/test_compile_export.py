@@ -328,7 +328,7 @@ def test_growing_layer_reads_no_positions_while_capturing(monkeypatch):
     read its positions to grow (a host read breaks the capture), so the op refuses positions past the table as it
     does under torch.compile (in a captured graph, the kernel's device-side assert); outside capture the layer grows
     and adds the oracle's rows."""
-    import pe_ext.sinusoidal.modules as modules
+    from pe_ext.sinusoidal import modules
 
     layer = pe_ext.PositionalEncoding(8, max_len=10, grow=True, dropout=0.0)
     x = torch.randn(2, 4, 8)
