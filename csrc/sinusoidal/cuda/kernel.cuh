@@ -52,9 +52,12 @@ struct KernelSpec {
   // float for the float32 angle: no float64 load or conversion in the loop over positions.
   using freq_t = std::conditional_t<kPreciseAngle || std::is_same_v<acc_t, double>, double, float>;
   // The blocks of kThreadsPerBlock threads one multiprocessor must hold at once (__launch_bounds__), which caps the
-  // registers: 3 (80 registers) keep 768 threads and their 48 KiB of loads in flight per multiprocessor; the general
-  // kernels (positions, alpha, dropout's Philox) settle for 2 (128 registers, 32 KiB), where 3 would spill.
-  static constexpr int kMinBlocksPerSm = kGeneralCase ? 2 : 3;
+  // registers: 3 (80 registers) keep 768 threads and their 48 KiB of x loads in flight per multiprocessor; the general
+  // kernels (positions, alpha, dropout's Philox) settle for 2 (128 registers, 32 KiB), where 3 would spill, and so do
+  // the float32 tables under 16-bit data, whose rows take twice the bytes of x's (48 KiB in flight with x's; with 3
+  // they spilled 32 bytes).
+  static constexpr bool kWideTable = kFromTable && sizeof(table_t) > sizeof(scalar_t);
+  static constexpr int kMinBlocksPerSm = kGeneralCase || kWideTable ? 2 : 3;
 };
 
 // One launch's data: out[b, l, :] = x[b, l, :] * scale + alpha * pe(position(b, l), :), all pointers at element
@@ -355,8 +358,8 @@ PE_HOST_DEVICE void add_pe_span(const AddPeArgs<K>& a, int64_t col0, const Walk&
                                 const ThreadConstants<K>& constants) {
   const Span<W, K> span = make_span<W>(a, col0);
   const bool alpha_zero = K::kGeneralCase && a.alpha != nullptr && constants.alpha == typename K::acc_t(0);
-  typename K::acc_t pe[W];
-  RowGroup<W, K> g;
+  typename K::acc_t pe[W] = {};  // set by a group's first slot before any read (zeroed for GCC's warnings)
+  RowGroup<W, K> g{};
   for (g.l = walk.first_l; g.l < a.seq_len; g.l += shape.l_stride) {
     int rows_along_l = 1;  // slots whose position is below seq_len
     PE_UNROLL
