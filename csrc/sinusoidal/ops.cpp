@@ -122,6 +122,10 @@ void attach_padding_and_dropout(SinusoidalProblem& p, const SinusoidalOptions& o
                     " but must be on the CPU or on x's device (", like.device(), ")");
   if (o.dropout == 0) return;
   if (seed.is_cpu()) {
+    TORCH_CHECK_VALUE(values_readable(like), "pe_ext: while a CUDA graph is captured, seed must be on x's device (",
+                      like.device(),
+                      "), e.g. torch.randint(2**63 - 1, (), device=x.device): a CPU seed is read once, "
+                      "so every replay would reuse its mask");
     p.seed = static_cast<uint64_t>(*seed.const_data_ptr<int64_t>());
   } else {
     p.seed_on_device = seed.reshape({});

@@ -323,6 +323,17 @@ def test_cuda_graph_capture_with_positions_and_dropout():
     assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
 
 
+@pytest.mark.cuda
+def test_cuda_graph_capture_refuses_a_cpu_seed():
+    """The op reads a CPU seed on the host, once: captured, every replay would reuse its mask, so it is refused (the
+    layers and functions draw the seed on the GPU while capturing)."""
+    x = torch.randn(2, 8, 16, device="cuda")
+    torch.ops.pe_ext.add_pe(x, None, 0, 1.0, 1, dropout=0.5, seed=torch.tensor(3))  # warm-up: frequencies cached
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(ValueError, match="seed must be on x's device"), torch.cuda.graph(graph):
+        torch.ops.pe_ext.add_pe(x, None, 0, 1.0, 1, dropout=0.5, seed=torch.tensor(3))
+
+
 def test_growing_layer_reads_no_positions_while_capturing(monkeypatch):
     """What a CUDA graph capture needs from a grow=True layer, decided on the CPU: while capturing, the layer does not
     read its positions to grow (a host read breaks the capture), so the op refuses positions past the table as it
