@@ -61,7 +61,7 @@ struct KernelSpec {
 };
 
 // One launch's data: out[b, l, :] = x[b, l, :] * scale + alpha * pe(position(b, l), :), all pointers at element
-// (0, 0, 0); position(b, l) = offset + (positions[b, l] if given, else l) (row_position); pe(padding_idx, :) = 0.
+// (0, 0, 0); position(b, l) = offset + (positions[b, l] if given, else l); pe(padding_idx, :) = 0.
 template <typename K>
 struct AddPeArgs {
   using scalar_t = typename K::scalar_t;
