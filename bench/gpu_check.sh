@@ -5,14 +5,16 @@
 #
 #   step            limit  what
 #   build            150 s  pe_ext against the torch found there, for this GPU's architecture, with the test-only ops
-#   tests_cuda        90 s  every test marked `cuda` (CUDA kernels, dropout masks, opcheck, CUDA graphs, layouts built on
-#                           the device, side streams, a second device where present)
-#   smoke_cpu         30 s  a short CPU run (registry, parity on the CPU kernels)
-#   bench_targets     75 s  the benchmark's shapes behind the GPU targets (decode, batch 1, 256 MiB)
-#   memcheck          90 s  compute-sanitizer memcheck over the `cuda` tests, the caching allocator off so that it sees
-#                           out-of-bounds accesses. racecheck and synccheck do not apply: the kernels use no shared
-#                           memory and no barriers.
-#   bench_rest        45 s  the rest of the benchmark sweep while time remains (partial results are kept)
+#   tests_cuda        90 s  every test marked `cuda`, sinusoidal and rotary (CUDA kernels, dropout masks, opcheck, CUDA
+#                           graphs, layouts built on the device, side streams, a second device where present)
+#   smoke_cpu         20 s  a short CPU run (registry, parity on the CPU kernels)
+#   bench_targets     60 s  the sinusoidal benchmark's shapes behind the GPU targets (decode, batch 1, 256 MiB)
+#   bench_rotary      35 s  the rotary benchmark's target shapes, eager providers only (no torch.compile warm-up)
+#   bench_compat      35 s  the compat layers against their projects' modules at the target shapes, eager only
+#   memcheck          70 s  compute-sanitizer memcheck over the `cuda` tests, the caching allocator off so that it sees
+#                           out-of-bounds accesses (-x: the first error ends it). racecheck and synccheck do not apply:
+#                           the kernels use no shared memory and no barriers.
+#   bench_rest        20 s  the rest of the sinusoidal sweep while time remains (partial results are kept)
 #                 = 480 s of limits, plus start-up.
 #
 #   bench/gpu_check.sh OUTDIR          # PYTHON=... the interpreter (default python3)
@@ -63,9 +65,13 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to NAME.log
 pytest_args=(-q -p no:cacheprovider -o addopts= -rs)
 step build 150 $PY setup.py build_ext --inplace
 step tests_cuda 90 $PY -m pytest "${pytest_args[@]}" -m cuda tests
-step smoke_cpu 30 $PY -m pytest "${pytest_args[@]}" tests/test_backend.py tests/sinusoidal/test_parity.py -k "cpu and not grid"
-step bench_targets 75 $PY bench/bench_sinusoidal.py --device cuda --targets --seconds 0.3 --out "$work/bench_targets"
-step memcheck 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool memcheck --error-exitcode 1 \
+step smoke_cpu 20 $PY -m pytest "${pytest_args[@]}" tests/test_backend.py tests/sinusoidal/test_parity.py -k "cpu and not grid"
+step bench_targets 60 $PY bench/bench_sinusoidal.py --device cuda --targets --seconds 0.3 --out "$work/bench_targets"
+step bench_rotary 35 $PY bench/bench_rotary.py --device cuda --targets --skip-compiled --seconds 0.2 \
+  --out "$work/bench_rotary"
+step bench_compat 35 $PY bench/bench_compat.py --device cuda --targets --skip-compiled --seconds 0.2 \
+  --out "$work/bench_compat"
+step memcheck 70 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool memcheck --error-exitcode 1 \
   $PY -m pytest "${pytest_args[@]}" -m cuda -x tests -k "not large_positions and not grid_stride"
-step bench_rest 45 $PY bench/bench_sinusoidal.py --device cuda --seconds 0.15 --out "$work/bench_full"
+step bench_rest 20 $PY bench/bench_sinusoidal.py --device cuda --seconds 0.15 --out "$work/bench_full"
 exit $status

@@ -14,6 +14,13 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 INT64_MAX = 2**63 - 1
 
 
+def capturing_cuda_graph(t: Tensor) -> bool:
+    """Whether t is a CUDA tensor whose device's current stream is capturing a CUDA graph: the host may not read its
+    values then (a sync is an error, and the graph would replay the value read once). The twin of values_readable in
+    csrc/common/checks.cpp. torch.compile traces no capture."""
+    return t.is_cuda and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing()
+
+
 def check_supported_dtype(t: Tensor, name: str) -> None:
     if t.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"pe_ext: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")

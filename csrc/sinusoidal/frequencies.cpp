@@ -36,11 +36,12 @@ FrequencyTable host_table(const FrequencyRecipe& r, int64_t d_model, int64_t num
   const bool in_float32 = !double_angle && r.rounding == FrequencyRounding::kFloat32;
   at::Tensor values = evaluate(r, d_model, num_freqs, in_float32 ? at::kFloat : at::kDouble);
   if (!double_angle) values = values.to(at::kFloat);  // kCorrect: rounded once, from float64
+  const at::Tensor float_values = double_angle ? at::Tensor() : values.contiguous();
   values = values.to(at::kDouble).contiguous();
   const double* v = values.const_data_ptr<double>();
   double max_abs = 0.0;
   for (int64_t i = 0; i < num_freqs; ++i) max_abs = std::max(max_abs, std::fabs(v[i]));
-  return {values, max_abs};
+  return {values, float_values, max_abs};
 }
 
 // Copying the table to a GPU syncs its stream, which a CUDA graph capture forbids.
@@ -65,7 +66,12 @@ constexpr size_t kMaxCachedTables = 1024;  // beyond, tables are computed per ca
 
 FrequencyTable recipe_frequencies(const FrequencyRecipe& recipe, int64_t d_model, int64_t num_freqs, bool double_angle,
                                   c10::Device device) {
-  if (num_freqs == 0) return {at::empty({0}, at::TensorOptions().dtype(at::kDouble).device(device)), 0.0};
+  if (num_freqs == 0) {
+    const auto empty = [&](at::ScalarType dtype) {
+      return at::empty({0}, at::TensorOptions().dtype(dtype).device(device));
+    };
+    return {empty(at::kDouble), double_angle ? at::Tensor() : empty(at::kFloat), 0.0};
+  }
   const bool paper = recipe.formula == FrequencyFormula::kPaper;
   const int values_kind = double_angle ? 2 : static_cast<int>(recipe.rounding);
   const Key key{static_cast<int>(recipe.formula),
@@ -92,7 +98,8 @@ FrequencyTable recipe_frequencies(const FrequencyRecipe& recipe, int64_t d_model
   FrequencyTable table = host_table(recipe, d_model, num_freqs, double_angle);
   if (!device.is_cpu()) {
     check_not_capturing(device);
-    table.values = table.values.to(device);  // a blocking copy: ready for kernels on any stream
+    table.values = table.values.to(device);  // blocking copies: ready for kernels on any stream
+    if (table.float_values.defined()) table.float_values = table.float_values.to(device);
   }
   if (cache->size() >= kMaxCachedTables) return table;
   last_used = &*cache->emplace(key, table).first;
@@ -100,8 +107,12 @@ FrequencyTable recipe_frequencies(const FrequencyRecipe& recipe, int64_t d_model
 }
 
 FrequencyTable given_frequencies(const at::Tensor& inv_freq, bool double_angle) {
-  const at::Tensor values = double_angle ? inv_freq.to(at::kDouble) : inv_freq.to(at::kFloat).to(at::kDouble);
-  return {values.contiguous(), std::numeric_limits<double>::quiet_NaN()};
+  constexpr double kUnknown = std::numeric_limits<double>::quiet_NaN();
+  if (double_angle) return {inv_freq.to(at::kDouble).contiguous(), at::Tensor(), kUnknown};
+  const at::Tensor float_values = inv_freq.to(at::kFloat).contiguous();
+  // Only the CPU kernel reads float64 values: a GPU call skips their conversion (a kernel launch per call).
+  const at::Tensor values = inv_freq.is_cpu() ? float_values.to(at::kDouble) : at::Tensor();
+  return {values, float_values, kUnknown};
 }
 
 }  // namespace pe_ext::sinusoidal

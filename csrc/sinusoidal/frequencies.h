@@ -29,9 +29,14 @@ struct FrequencyRecipe {
 };
 
 // values: float64 [num_freqs] on the device the kernels read them on, each exactly the value the angle uses (a
-// float32 value for a float32 angle). max_abs: the largest |value| (the CPU kernel's guard for its polynomials).
+// float32 value for a float32 angle): what the CPU kernel reads. float_values: the same values as float32, for a
+// float32 angle only (undefined for a float64 one): what the CUDA kernels read, so that their per-position loop holds
+// no float64 load or conversion (GPUs other than the H100/H200 run float64 at 1/64 of the float32 rate). A caller's
+// frequencies on a GPU under a float32 angle come without `values`, which nothing there reads. max_abs: the largest
+// |value| (the CPU kernel's guard for its polynomials).
 struct FrequencyTable {
   at::Tensor values;
+  at::Tensor float_values;
   double max_abs = 0.0;
 };
 

@@ -37,22 +37,18 @@ inline int64_t num_frequencies(int64_t d_model, Layout layout) {
 }
 
 // The angle whose sin and cos pe(pos) takes at frequency freq, in acc_t. The default is rounded in acc_t as the
-// classic float32 product `position * div_term` is, which loses ~1e-2 by position 300k. precise_angle forms the
+// classic float32 product `position * div_term` is, which loses ~1e-2 by position 300k; freq holds a value of acc_t
+// (a float32 angle's frequencies are float32 values, whether stored as float or double). kPreciseAngle forms the
 // product in double and reduces it (common/angle.h) before rounding to acc_t, keeping the error under 1e-6 far beyond
-// 16M positions. pos_t is int64_t or double (fractional positions).
-template <typename acc_t, typename pos_t>
-PE_HOST_DEVICE acc_t pe_angle(bool precise_angle, pos_t pos, double freq) {
-  if constexpr (sizeof(acc_t) < sizeof(double)) {  // float64 math needs no help
-    if (precise_angle) {
-      return static_cast<acc_t>(reduce_angle(static_cast<double>(pos) * freq));
-    }
+// 16M positions; its freq must be a double. pos_t is int64_t or double (fractional positions).
+template <typename acc_t, bool kPreciseAngle, typename pos_t, typename freq_t>
+PE_HOST_DEVICE acc_t pe_angle(pos_t pos, freq_t freq) {
+  if constexpr (kPreciseAngle && sizeof(acc_t) < sizeof(double)) {  // float64 math needs no help
+    static_assert(sizeof(freq_t) == sizeof(double), "precise_angle needs float64 frequencies");
+    return static_cast<acc_t>(reduce_angle(static_cast<double>(pos) * freq));
+  } else {
+    return static_cast<acc_t>(pos) * static_cast<acc_t>(freq);
   }
-  return static_cast<acc_t>(pos) * static_cast<acc_t>(freq);
-}
-
-template <typename acc_t, typename pos_t>
-PE_HOST_DEVICE void pe_sin_cos(const EncodingSpec& s, pos_t pos, double freq, acc_t* sin_out, acc_t* cos_out) {
-  sin_cos(pe_angle<acc_t>(s.precise_angle, pos, freq), sin_out, cos_out);
 }
 
 // Which frequency column `col` uses, and whether it is its sin, its cos, or (an odd concatenated row's tail) zero.
@@ -87,18 +83,18 @@ PE_HOST_DEVICE void pe_row_loops(const EncodingSpec& s, pos_t pos, const double*
   if (s.layout == Layout::kInterleaved) {
     const int64_t pairs = s.d_model / 2;  // an odd row's last frequency has a sin column only
     for (int64_t i = 0; i < pairs; ++i) {
-      sin_cos_of(pe_angle<acc_t>(kPreciseAngle, pos, freqs[i]), &values[2 * i], &values[2 * i + 1]);
+      sin_cos_of(pe_angle<acc_t, kPreciseAngle>(pos, freqs[i]), &values[2 * i], &values[2 * i + 1]);
     }
     if (pairs < n) {
       acc_t unused;
-      sin_cos_of(pe_angle<acc_t>(kPreciseAngle, pos, freqs[pairs]), &values[2 * pairs], &unused);
+      sin_cos_of(pe_angle<acc_t, kPreciseAngle>(pos, freqs[pairs]), &values[2 * pairs], &unused);
     }
   } else {
     const bool cos_first = s.layout == Layout::kConcatenatedCosFirst;
     acc_t* sin_values = cos_first ? values + n : values;
     acc_t* cos_values = cos_first ? values : values + n;
     for (int64_t i = 0; i < n; ++i) {
-      sin_cos_of(pe_angle<acc_t>(kPreciseAngle, pos, freqs[i]), &sin_values[i], &cos_values[i]);
+      sin_cos_of(pe_angle<acc_t, kPreciseAngle>(pos, freqs[i]), &sin_values[i], &cos_values[i]);
     }
     if (s.d_model % 2 == 1) values[s.d_model - 1] = acc_t(0);  // an odd concatenated row's padding
   }

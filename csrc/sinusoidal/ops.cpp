@@ -100,6 +100,7 @@ void attach_frequencies(SinusoidalProblem& p, const Encoding& e, const Sinusoida
           ? given_frequencies(*o.inv_freq, double_angle)
           : recipe_frequencies(e.recipe, e.spec.d_model, e.spec.num_freqs, double_angle, p.out.device());
   p.freqs = t.values;
+  p.float_freqs = t.float_values;
   p.max_abs_freq = t.max_abs;
 }
 
@@ -121,6 +122,10 @@ void attach_padding_and_dropout(SinusoidalProblem& p, const SinusoidalOptions& o
                     " but must be on the CPU or on x's device (", like.device(), ")");
   if (o.dropout == 0) return;
   if (seed.is_cpu()) {
+    TORCH_CHECK_VALUE(values_readable(like), "pe_ext: while a CUDA graph is captured, seed must be on x's device (",
+                      like.device(),
+                      "), e.g. torch.randint(2**63 - 1, (), device=x.device): a CPU seed is read once, "
+                      "so every replay would reuse its mask");
     p.seed = static_cast<uint64_t>(*seed.const_data_ptr<int64_t>());
   } else {
     p.seed_on_device = seed.reshape({});
@@ -144,6 +149,7 @@ struct PositionRange {
   int64_t first = 0;  // the smallest position, or offset when there are none
   int64_t end = 0;    // one past the largest position, or offset when there are none
   bool fractional = false;
+  bool read = true;  // false: explicit positions the host could not read (CUDA graph capture); first and end unknown
 };
 
 // offset + every id, and one past the largest, fit in int64.
@@ -156,7 +162,10 @@ void check_sum_fits(int64_t offset, int64_t min_id, int64_t max_id) {
 
 // Attaches explicit positions (viewed batch-first by to_batch_first, which takes a tensor shaped like `like`'s
 // leading dimensions): integer ids as int64, fractional ones as float64. The positions are read here (one device sync
-// on CUDA) so that bad ones are refused before anything is written.
+// on CUDA) so that bad ones are refused before anything is written; except while a CUDA graph is captured, where no
+// value can be read: then the kernel checks that every position names a table row (a device-side assert, as torch's
+// indexing kernels raise), and values that are wrong without being unsafe (offset + id past int64, non-finite
+// fractional positions) go unchecked.
 template <typename ToBatchFirst>
 PositionRange attach_positions(SinusoidalProblem& p, const c10::optional<at::Tensor>& positions, const at::Tensor& like,
                                const char* like_name, ToBatchFirst to_batch_first) {
@@ -178,6 +187,7 @@ PositionRange attach_positions(SinusoidalProblem& p, const c10::optional<at::Ten
   const at::Tensor ids = positions->to(fractional ? at::kDouble : at::kLong);
   p.positions = per_element ? to_batch_first(ids) : ids.unsqueeze(0).expand({p.batch(), p.seq_len()});
   if (ids.numel() == 0) return {p.offset, p.offset, fractional};
+  if (!values_readable(ids)) return {p.offset, p.offset, fractional, /*read=*/false};
   const auto [low, high] = at::aminmax(ids);
   if (fractional) {
     const double min_value = low.item<double>(), max_value = high.item<double>();
@@ -204,6 +214,7 @@ at::Tensor checked_table(const at::Tensor& table, const at::Tensor& x, int64_t d
   TORCH_CHECK_VALUE(!used.fractional,
                     "pe_ext: fractional (floating-point) positions index no table row; compute them on the fly (no "
                     "table)");
+  if (!used.read) return rows;  // the kernel checks each position against the rows
   TORCH_CHECK_VALUE(used.first >= 0, "pe_ext: table rows start at position 0, but the call uses position ", used.first,
                     " (offset + positions); compute negative positions on the fly (no table)");
   TORCH_CHECK_VALUE(used.end <= rows.size(0), "pe_ext: positions up to ", used.end - 1, " need ", used.end,

@@ -71,13 +71,15 @@ struct SinusoidalOptions {
 // x is undefined when building a table (x taken as 0); table is undefined when pe is computed on the fly, and then
 // freqs holds the frequencies.
 struct SinusoidalProblem {
-  at::Tensor x;          // [batch, seq_len, d_model], any strides, or undefined
-  at::Tensor out;        // [batch, seq_len, d_model], any non-overlapping strides
-  at::Tensor table;      // [rows > every position, d_model], float32 or x's dtype, or undefined
-  at::Tensor positions;  // int64, or float64 (fractional, no table), [batch, seq_len] (batch stride 0 when shared by
-                         // the batch), or undefined
-  at::Tensor alpha;      // 0-dim, in the math dtype, or undefined (1)
-  at::Tensor freqs;      // float64 [spec.num_freqs] on out's device, each exactly as the angle uses it; or undefined
+  at::Tensor x;            // [batch, seq_len, d_model], any strides, or undefined
+  at::Tensor out;          // [batch, seq_len, d_model], any non-overlapping strides
+  at::Tensor table;        // [rows > every position, d_model], float32 or x's dtype, or undefined
+  at::Tensor positions;    // int64, or float64 (fractional, no table), [batch, seq_len] (batch stride 0 when shared by
+                           // the batch), or undefined
+  at::Tensor alpha;        // 0-dim, in the math dtype, or undefined (1)
+  at::Tensor freqs;        // float64 [spec.num_freqs] on out's device, each exactly as the angle uses it; or undefined
+                           // (a table; a caller's frequencies on a GPU under a float32 angle)
+  at::Tensor float_freqs;  // the same as float32 for a float32 angle (what the CUDA kernels read); or undefined
   double max_abs_freq = 0.0;  // the largest |freqs[i]|, NaN when unknown
   int64_t offset = 0;
   int64_t padding_idx = -1;

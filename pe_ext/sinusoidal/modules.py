@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.fx import Proxy
 
-from .._checks import check_bool, check_int, check_number
+from .._checks import capturing_cuda_graph, check_bool, check_int, check_number
 from .._onnx import capturing_for_export
 from .._scripting import Scriptable, register_scriptable
 from . import ops, schema, scripting
@@ -114,7 +114,8 @@ class PositionalEncoding(_GivenFrequencies):
             positions or start_positions it is given) grows the table (to twice as many rows, or as many as needed),
             keeping its rows, dtype and device, as ESPnet does; else it is an error. Threads may share a growing
             module. With positions or start_positions, growing reads their largest value (a device sync on CUDA),
-            and torch.compile traces no growth (the op then refuses positions past the table).
+            so torch.compile traces no such growth and a CUDA graph capture makes none (the op then refuses
+            positions past the table; in a captured graph, with a device-side assert).
         base: the frequency base, 10000 in the paper.
         device: where the table is built.
         encoding: the other encoding keywords of pe_ext.ops (layout, frequencies, min_timescale, max_timescale,
@@ -199,7 +200,7 @@ class PositionalEncoding(_GivenFrequencies):
                             f"positions, more than max_len={max_len}; build the module with a larger max_len, "
                             "grow=True or buffer='none'")
                     pe = self._grown_table(offset + seq_len)
-            elif pe is not None and self.grow and not torch.compiler.is_compiling():
+            elif pe is not None and self.grow and not torch.compiler.is_compiling() and not capturing_cuda_graph(x):
                 needed = self._positions_needed(x, offset, positions, start_positions)
                 if needed > max_len:
                     pe = self._grown_table(needed)

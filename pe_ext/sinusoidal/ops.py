@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from .._checks import INT64_MAX, SUPPORTED_DTYPES, check_keywords
+from .._checks import INT64_MAX, SUPPORTED_DTYPES, capturing_cuda_graph, check_keywords
 from .._onnx import capturing_for_export
 from . import checks, fallback, schema
 
@@ -105,8 +105,7 @@ def _dropout_keywords(x: Tensor, dropout: float, generator: torch.Generator | No
     if dropout == 0:
         return {}
     device = "cpu" if generator is None else generator.device
-    capturing = x.is_cuda and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing()
-    if generator is None and capturing:
+    if generator is None and capturing_cuda_graph(x):
         device = x.device
     # No generator= unless one is given: graphs then hold aten.randint.low, which the ONNX exporters know (and
     # reach pe_ext's translation, which refuses dropout clearly).

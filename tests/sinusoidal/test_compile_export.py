@@ -5,6 +5,10 @@ which tests/test_module.py and tests/test_parity.py check against the float64 or
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -12,7 +16,7 @@ from torch import nn
 from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
 import pe_ext
-from tests.sinusoidal.oracle import oracle_add, tolerance
+from tests.sinusoidal.oracle import oracle_add, oracle_encoding, tolerance
 
 D_MODEL, MAX_LEN = 16, 64
 # The module's table modes, as its keywords.
@@ -257,3 +261,119 @@ def test_cuda_graph_capture_and_replay(buffer):
         torch.testing.assert_close(static_inplace, pe_ext.add_sinusoidal_pe(x, offset=3), atol=0, rtol=0)
         torch.testing.assert_close(static_table, pe_ext.sinusoidal_table(50, 64, offset=11, device="cuda"),
                                    atol=0, rtol=0)
+
+
+def capture(step):
+    """step() warmed up on a side stream (as the CUDA graphs documentation asks: it also fills the frequency cache),
+    then captured; returns the graph and the outputs of the captured call."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = step()
+    return graph, outputs
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["table", "on_the_fly"])
+def test_cuda_graph_capture_with_positions(mode):
+    """positions and start_positions capture: the host reads no position while capturing (the kernel checks them
+    against the table), so each replay uses the new contents of the static position tensors, as eager calls do."""
+    d_model = 64
+    table = pe_ext.sinusoidal_table(600, d_model, device="cuda") if mode == "table" else None
+    static_x = torch.randn(4, 100, d_model, device="cuda")
+    static_ids = torch.randint(0, 500, (4, 100), device="cuda")
+    static_starts = torch.randint(0, 400, (4,), device="cuda")
+
+    def step():
+        return (pe_ext.add_sinusoidal_pe(static_x, table, positions=static_ids, padding_idx=1, alpha=0.5),
+                pe_ext.add_sinusoidal_pe(static_x, table, start_positions=static_starts))
+
+    graph, (by_ids, by_starts) = capture(step)
+    for _ in range(3):
+        static_x.copy_(torch.randn_like(static_x))
+        static_ids.copy_(torch.randint(0, 500, (4, 100), device="cuda"))
+        static_starts.copy_(torch.randint(0, 400, (4,), device="cuda"))
+        graph.replay()
+        torch.cuda.synchronize()
+        expected_ids, expected_starts = step()  # eager, its positions checked on the host
+        torch.testing.assert_close(by_ids, expected_ids, atol=0, rtol=0)
+        torch.testing.assert_close(by_starts, expected_starts, atol=0, rtol=0)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_capture_with_positions_and_dropout():
+    """Dropout under capture draws its seed on the GPU inside the graph: each replay has a fresh mask, and the kept
+    values are the eager result without dropout scaled by 1 / (1 - p), at the replay's positions."""
+    static_x = torch.randn(4, 100, 64, device="cuda")
+    static_ids = torch.randint(0, 500, (4, 100), device="cuda")
+    graph, out = capture(lambda: pe_ext.add_sinusoidal_pe(static_x, positions=static_ids, dropout=0.5))
+    masks = []
+    for _ in range(3):
+        static_ids.copy_(torch.randint(0, 500, (4, 100), device="cuda"))
+        graph.replay()
+        torch.cuda.synchronize()
+        masks.append(out == 0)
+        kept = out != 0
+        expected = pe_ext.add_sinusoidal_pe(static_x, positions=static_ids) / 0.5
+        torch.testing.assert_close(out[kept], expected[kept])
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+
+
+@pytest.mark.cuda
+def test_cuda_graph_capture_refuses_a_cpu_seed():
+    """The op reads a CPU seed on the host, once: captured, every replay would reuse its mask, so it is refused (the
+    layers and functions draw the seed on the GPU while capturing)."""
+    x = torch.randn(2, 8, 16, device="cuda")
+    torch.ops.pe_ext.add_pe(x, None, 0, 1.0, 1, dropout=0.5, seed=torch.tensor(3))  # warm-up: frequencies cached
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(ValueError, match="seed must be on x's device"), torch.cuda.graph(graph):
+        torch.ops.pe_ext.add_pe(x, None, 0, 1.0, 1, dropout=0.5, seed=torch.tensor(3))
+
+
+def test_growing_layer_reads_no_positions_while_capturing(monkeypatch):
+    """What a CUDA graph capture needs from a grow=True layer, decided on the CPU: while capturing, the layer does not
+    read its positions to grow (a host read breaks the capture), so the op refuses positions past the table as it
+    does under torch.compile (in a captured graph, the kernel's device-side assert); outside capture the layer grows
+    and adds the oracle's rows."""
+    from pe_ext.sinusoidal import modules
+
+    layer = pe_ext.PositionalEncoding(8, max_len=10, grow=True, dropout=0.0)
+    x = torch.randn(2, 4, 8)
+    ids = torch.tensor([[0, 1, 2, 30], [3, 4, 5, 6]])
+    monkeypatch.setattr(modules, "capturing_cuda_graph", lambda t: True)
+    with pytest.raises(ValueError, match="positions up to 30 need 31 table rows"):
+        layer(x, positions=ids)
+    assert layer.pe.shape[1] == 10
+    monkeypatch.undo()
+    expected = x.double() + oracle_encoding(ids.reshape(-1), 8).reshape(2, 4, 8)
+    torch.testing.assert_close(layer(x, positions=ids).double(), expected, atol=1e-5, rtol=1e-6)
+    assert layer.pe.shape[1] >= 31
+
+
+@pytest.mark.cuda
+def test_cuda_graph_positions_outside_the_table_assert_in_a_subprocess():
+    """A replayed position past the table stops the kernel with a device-side assert (torch's own indexing kernels do
+    the same) instead of reading past the table. The assert leaves the CUDA context unusable, hence a subprocess."""
+    script = textwrap.dedent("""
+        import torch, pe_ext
+        table = pe_ext.sinusoidal_table(16, 8, device="cuda")
+        x = torch.randn(1, 4, 8, device="cuda")
+        ids = torch.zeros(1, 4, dtype=torch.long, device="cuda")
+        pe_ext.add_sinusoidal_pe(x, table, positions=ids)  # warm-up
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            pe_ext.add_sinusoidal_pe(x, table, positions=ids)
+        ids.fill_(16)
+        graph.replay()
+        torch.cuda.synchronize()
+        print("no error")
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=False,
+                            timeout=120)
+    assert result.returncode != 0 and "no error" not in result.stdout, result.stdout + result.stderr
+    assert "device-side assert" in result.stderr, result.stderr

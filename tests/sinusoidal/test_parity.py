@@ -9,7 +9,7 @@ import torch
 import pe_ext
 from tests.helpers import DTYPES, LAYOUTS, make_x, requires_extension, requires_testing_ops
 from tests.sinusoidal.impls import IMPLS, check
-from tests.sinusoidal.oracle import ClassicPositionalEncoding, oracle_pe, tolerance
+from tests.sinusoidal.oracle import ClassicPositionalEncoding, oracle_encoding, oracle_pe, tolerance
 
 
 @pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
@@ -109,6 +109,119 @@ def test_table_builder_matches_oracle(dtype, num_sms):
         build(out)
         atol, rtol = tolerance(dtype, 309)
         torch.testing.assert_close(out.double(), oracle_pe(torch.arange(9, 309), 37), atol=atol, rtol=rtol)
+
+
+def grid_emulator(x, table=None, num_sms=1, **options):
+    out = torch.full_like(x, float("nan"))  # a row the grid misses stays NaN
+    torch.ops.pe_ext._add_pe_grid_emulator(out, x, table, 0, 1.0, 1, num_sms, **options)
+    return out
+
+
+@requires_testing_ops
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("batch", [1, 2, 3, 5, 9, 16])
+@pytest.mark.parametrize("num_sms", [1, 4])
+@pytest.mark.parametrize("case", ["computed", "table", "positions_per_row", "dropout"])
+def test_grid_row_groups_reach_every_row_once(dtype, batch, num_sms, case):
+    """The kernel body moves a thread's rows four at a time: along the batch where its block has four batch rows or
+    more, along its own positions below that. Batch sizes around four, a sequence length that leaves groups partly
+    empty, a row tail (d_model 28 in bfloat16), blocks of one or several batch rows (num_sms), per-row positions and
+    dropout must still give every row its own pe, once."""
+    d_model, seq_len = 28, 203
+    x = torch.randn(batch, seq_len, d_model).to(dtype)
+    ids = torch.arange(seq_len).expand(batch, seq_len)
+    options = {}
+    table = pe_ext.sinusoidal_table(2 * seq_len, d_model) if case == "table" else None
+    if case == "positions_per_row":
+        ids = torch.randint(0, 2 * seq_len, (batch, seq_len))
+        options = {"positions": ids}
+    if case == "dropout":
+        options = {"dropout": 0.25, "seed": torch.tensor(77)}
+    out = grid_emulator(x, table, num_sms, **options)
+    expected = x.double() + oracle_encoding(ids.reshape(-1), d_model).reshape(batch, seq_len, d_model)
+    atol, rtol = tolerance(dtype, 2 * seq_len, 4.0)
+    if case == "dropout":  # the CPU kernel's mask, the kept values scaled by 1 / (1 - p)
+        cpu = torch.ops.pe_ext.add_pe(x, None, 0, 1.0, 1, **options)
+        assert torch.equal(out == 0, cpu == 0)
+        expected = torch.where(cpu == 0, 0.0, expected / 0.75)
+        atol /= 0.75
+    torch.testing.assert_close(out.double(), expected, atol=atol, rtol=rtol)
+
+
+@requires_testing_ops
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("d_model", [4096, 4098])
+@pytest.mark.parametrize("num_sms", [1, 132])
+@pytest.mark.parametrize("case", ["computed", "precise_angle", "float32_table", "positions_per_row", "concatenated"])
+def test_grid_decode_rows_span_blocks(dtype, d_model, num_sms, case):
+    """Decoding (batch 64, one position each): a thread owns one chunk, so a row of 4096 columns spans several blocks
+    (1024 chunks of 4 in float32, 512 of 8 in bfloat16), each batch row a block row of its own; d_model 4098 adds a
+    two-column tail, element by element, in the row's last block. Each case is its own kernel: pe computed (float32
+    frequencies), precise_angle (float64 ones, reduced angle), the module's float32 table under the data's dtype,
+    per-row positions (start_positions in decoding), the concatenated layout (a chunk inside the sin or the cos half)."""
+    batch, offset = 64, 70_000
+    x = torch.randn(batch, 1, d_model).to(dtype)
+    positions = torch.full((batch, 1), offset)
+    table, options, layout = None, {}, "interleaved"
+    if case == "precise_angle":
+        options = {"precise_angle": True}
+    elif case == "float32_table":
+        table = pe_ext.sinusoidal_table(offset + 1, d_model)  # float32 whatever x's dtype
+    elif case == "positions_per_row":
+        positions = torch.randint(0, 2 * offset, (batch, 1))
+        options = {"positions": positions}
+    elif case == "concatenated":
+        layout = options["layout"] = "concatenated"
+    out = torch.full_like(x, float("nan"))
+    position_offset = 0 if case == "positions_per_row" else offset
+    torch.ops.pe_ext._add_pe_grid_emulator(out, x, table, position_offset, 1.0, 1, num_sms, **options)
+    expected = x.double() + oracle_encoding(positions.reshape(-1), d_model, layout=layout).reshape(batch, 1, d_model)
+    atol, rtol = tolerance(dtype, int(positions.max()) + 1, 4.0)
+    if case == "precise_angle":
+        atol, rtol = tolerance(dtype, 1, 4.0)  # the reduced angle stays within 1e-6 whatever the position
+    torch.testing.assert_close(out.double(), expected, atol=atol, rtol=rtol)
+
+
+@requires_testing_ops
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("batch", [1, 6])
+@pytest.mark.parametrize("case", ["plain", "fractional", "alpha_zero", "padding"])
+def test_grid_in_place_groups(dtype, batch, case):
+    """out is x (in place) while each thread holds four rows' loads before its first store: every row must still be
+    read before it is written. Groups along the positions (batch 1) and along the batch (6 rows), with fractional
+    positions (the kFractional kernel), alpha 0 (backward's mask pass: pe is 0, no sin/cos) and padding_idx."""
+    seq_len, d_model = 37, 24
+    x = torch.randn(batch, seq_len, d_model).to(dtype)
+    positions = torch.arange(seq_len, dtype=torch.float64).expand(batch, seq_len)
+    options, weight = {}, torch.ones(batch, seq_len, 1, dtype=torch.float64)
+    if case == "fractional":
+        positions = torch.rand(batch, seq_len, dtype=torch.float64) * 100 - 20
+        options = {"positions": positions}
+    elif case == "alpha_zero":
+        options = {"alpha": torch.tensor(0.0)}
+        weight.zero_()
+    elif case == "padding":
+        options = {"padding_idx": 5}
+        weight[:, 5] = 0
+    inout = x.clone()
+    torch.ops.pe_ext._add_pe_grid_emulator(inout, inout, None, 0, 1.0, 1, 132, **options)
+    pe = oracle_encoding(positions.reshape(-1), d_model).reshape(batch, seq_len, d_model)
+    atol, rtol = tolerance(dtype, 100, 4.0)
+    torch.testing.assert_close(inout.double(), x.double() + weight * pe, atol=atol, rtol=rtol)
+
+
+@requires_testing_ops
+def test_grid_kernel_checks_positions_the_host_could_not_read():
+    """While a CUDA graph is captured the host cannot read positions, so the kernel checks each one against the
+    table's rows itself (a device-side assert on a GPU). The emulator, shown fewer rows than the host checked, raises
+    where a position falls outside them and computes the rest."""
+    x = torch.randn(2, 6, 16)
+    table = pe_ext.sinusoidal_table(20, 16)
+    ids = torch.tensor([[0, 1, 2, 3, 4, 15], [5, 6, 7, 8, 9, 10]])
+    out = grid_emulator(x, table, table_rows=16, positions=ids)
+    torch.testing.assert_close(out, x + table[ids], atol=0, rtol=0)
+    with pytest.raises(IndexError, match="offset \\+ positions outside the table"):
+        grid_emulator(x, table, table_rows=15, positions=ids)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
