@@ -41,6 +41,32 @@ def test_table_mode_adds_the_table_rows(impl, dtype, table_dtype, layout):
 
 
 @pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
+@pytest.mark.parametrize("table_layout", ["adjacent_rows", "rows_with_gaps", "none"])
+@pytest.mark.parametrize("padding_idx", [-1, 20])
+@pytest.mark.parametrize("x_layout", ["contiguous", "sliced_d", "permuted"])
+def test_rows_across_several_tiles(impl, table_layout, padding_idx, x_layout):
+    """Wide rows, so that the CPU kernel's tiles hold a few positions each and the sequence spans several: whole
+    tiles written as one span (rows back to back in x, out and the table) or row by row (gaps between rows, a padding
+    row among them), batch rows sharing each tile."""
+    d_model, seq_len, offset = 8192, 40, 3
+    x = make_x((3, seq_len, d_model), torch.float32, x_layout)
+    table = None
+    if table_layout == "adjacent_rows":
+        table = ClassicPositionalEncoding(d_model, max_len=64).pe
+    elif table_layout == "rows_with_gaps":  # a prefix of wider rows
+        table = ClassicPositionalEncoding(2 * d_model, max_len=64).pe[..., :d_model]
+    out = impl(x, table, offset, 1.0, 10000.0, 1, padding_idx=padding_idx)
+    positions = torch.arange(offset, offset + seq_len)
+    pe = oracle_pe(positions, d_model) if table is None else table[0, offset : offset + seq_len].double()
+    pe = torch.where((positions == padding_idx).unsqueeze(-1), torch.zeros_like(pe), pe)
+    if table is not None:  # one rounding of an exact sum: bit-exact
+        torch.testing.assert_close(out, (x.double() + pe).float(), atol=0, rtol=0)
+    else:
+        atol, rtol = tolerance(torch.float32, offset + seq_len)
+        torch.testing.assert_close(out.double(), x.double() + pe, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
 @pytest.mark.parametrize("d_model", [1, 2, 3, 7, 8, 9, 33, 130])
 def test_odd_and_small_d_model(impl, d_model):
     x = torch.randn(2, 5, d_model)
