@@ -363,6 +363,9 @@ class TiledAdd {
 
 void add_pe_cpu(const SinusoidalProblem& p) {
   if (p.out.numel() == 0) return;
+  if (p.out.is_non_overlapping_and_dense()) {
+    pe_ext::cpu::advise_huge_pages_if_untouched(p.out.data_ptr(), p.out.numel() * p.out.element_size());
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.out.scalar_type(), "pe_ext_cpu_add_pe", [&] {
     if (p.table.defined() && p.table.scalar_type() != p.out.scalar_type()) {
       TiledAdd<scalar_t, float>(p).run();  // the module's float32 table under half/bfloat16/double data
