@@ -4,9 +4,13 @@
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#include "rotary/ops.h"
 #include "sinusoidal/ops.h"
 
-TORCH_LIBRARY(pe_ext, m) { pe_ext::sinusoidal::define(m); }
+TORCH_LIBRARY(pe_ext, m) {
+  pe_ext::sinusoidal::define(m);
+  pe_ext::rotary::define(m);
+}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "pe_ext compiled ops; loading this module registers torch.ops.pe_ext.*";

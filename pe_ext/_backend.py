@@ -45,7 +45,8 @@ elif not _C.built_with_cuda():
 class Family:
     """An op family as the fallback sees it: its schemas and its reference kernels by op name. The ops named in
     `composite` are composites of torch ops, registered as CompositeImplicitAutograd when no compiled library is
-    loaded (autograd, meta and torch.compile then come from the ops they are made of)."""
+    loaded (autograd, version counters of written tensors, meta and torch.compile then come from the ops they are
+    made of)."""
 
     schemas: dict[str, str]
     reference_kernels: dict[str, Callable]
@@ -64,6 +65,10 @@ def register_family(name: str, family: Family) -> None:
             _fallback.define(schema)
         for op, kernel in family.reference_kernels.items():
             keys = ("CompositeImplicitAutograd",) if op in family.composite else ("CPU", "CUDA")
+            if op in family.composite and "!)" in family.schemas[op]:
+                # vmap meets an op before it decomposes, and its loop fallback refuses ops that write their
+                # arguments: the composite serves as their batching rule.
+                keys += ("FuncTorchBatched",)
             for key in keys:
                 _fallback.impl(op, kernel, key)
     elif not _C.built_with_cuda():

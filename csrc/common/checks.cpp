@@ -1,12 +1,16 @@
 #include "common/checks.h"
 
-#include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <limits>
 #include <utility>
 #include <vector>
+
+#ifdef PE_EXT_WITH_CUDA
+#include <c10/cuda/CUDAGraphsC10Utils.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace pe_ext {
 
@@ -70,14 +74,12 @@ void check_no_shared_memory(const at::Tensor& written, const char* name, const a
                     ".clone())");
 }
 
-void check_untracked(const c10::optional<at::Tensor>& t, const char* name, const char* op, const char* alternative) {
-  TORCH_CHECK(!(t.has_value() && t->defined() && at::GradMode::is_enabled() && t->requires_grad()), "pe_ext: ", name,
-              " requires grad, but ", op, " has no autograd formula; use the out-of-place ", alternative,
-              ", or run under torch.no_grad()");
-}
-
 void check_offset(int64_t offset, int64_t count) {
   TORCH_CHECK_VALUE(offset >= 0, "pe_ext: offset must be >= 0, got ", offset);
+  check_offset_fits(offset, count);
+}
+
+void check_offset_fits(int64_t offset, int64_t count) {
   TORCH_CHECK_VALUE(offset <= std::numeric_limits<int64_t>::max() - count, "pe_ext: offset (", offset, ") + seq_len (",
                     count, ") overflows int64");
 }
@@ -85,6 +87,16 @@ void check_offset(int64_t offset, int64_t count) {
 void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name) {
   TORCH_CHECK_VALUE(t.device() == like.device(), "pe_ext: ", name, " is on ", t.device(), " but ", like_name, " is on ",
                     like.device());
+}
+
+bool values_readable(const at::Tensor& t) {
+#ifdef PE_EXT_WITH_CUDA
+  if (t.is_cuda()) {
+    const auto stream = c10::cuda::getCurrentCUDAStream(t.get_device());
+    return c10::cuda::captureStatusMayInitCtx(stream) == c10::cuda::CaptureStatus::None;
+  }
+#endif
+  return true;
 }
 
 }  // namespace pe_ext

@@ -3,7 +3,6 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <c10/util/Optional.h>
 
 #include <cstdint>
 
@@ -20,13 +19,15 @@ void check_distinct_elements(const at::Tensor& t, const char* name);
 // Refuses a write target whose memory overlaps a tensor the op still reads.
 void check_no_shared_memory(const at::Tensor& written, const char* name, const at::Tensor& read, const char* read_name);
 
-// The writing forms (in place, out=, table fills) have no autograd formula: they refuse tensors that autograd
-// tracks while grad mode is on, as torch's out= ops do. `op` names the form, `alternative` the differentiable one.
-void check_untracked(const c10::optional<at::Tensor>& t, const char* name, const char* op, const char* alternative);
-
 // offset >= 0 and offset + count fits in int64.
 void check_offset(int64_t offset, int64_t count);
+// offset + count fits in int64; offset may be negative (positions computed on the fly).
+void check_offset_fits(int64_t offset, int64_t count);
 
 void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name);
+
+// Whether the host may read t's values now: always for CPU tensors; for CUDA tensors unless the current stream of their
+// device is capturing a CUDA graph (a device-to-host copy fails there, and the graph would replay what it read once).
+bool values_readable(const at::Tensor& t);
 
 }  // namespace pe_ext

@@ -27,9 +27,9 @@ struct alignas(sizeof(T) * N) AlignedVector {
 // The emulator's stand-in for the GPU's misaligned-address fault.
 template <int N, typename T>
 void check_vector_alignment(const T* address) {
-  TORCH_INTERNAL_ASSERT(N == 1 || reinterpret_cast<std::uintptr_t>(address) % (sizeof(T) * N) == 0,
-                        "pe_ext: a ", sizeof(T) * N, "-byte vector access at an address that is not ",
-                        sizeof(T) * N, "-byte aligned (", static_cast<const void*>(address),
+  TORCH_INTERNAL_ASSERT(N == 1 || reinterpret_cast<std::uintptr_t>(address) % (sizeof(T) * N) == 0, "pe_ext: a ",
+                        sizeof(T) * N, "-byte vector access at an address that is not ", sizeof(T) * N,
+                        "-byte aligned (", static_cast<const void*>(address),
                         "); the launch should have taken the element-wise path");
 }
 #endif

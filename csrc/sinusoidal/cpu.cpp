@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -68,9 +69,11 @@ PE_ROW_CLONES void philox_words(uint64_t first_counter, int64_t counters, uint64
 }
 
 // pe(pos, :) in float: with the vectorized PolynomialSinCos when every angle of the row is within its limit
-// (max_freq: the largest of freqs), else with the library's sin and cos.
-PE_ROW_CLONES void pe_row_float(const EncodingSpec& s, int64_t pos, const double* freqs, double max_freq, float* row) {
-  if (static_cast<double>(pos) * max_freq < pe_ext::cpu::kPolynomialAngleLimit) {
+// (max_abs_freq: the largest |freqs[i]|), else with the library's sin and cos.
+template <typename pos_t>
+PE_ROW_CLONES void pe_row_float(const EncodingSpec& s, pos_t pos, const double* freqs, double max_abs_freq,
+                                float* row) {
+  if (std::fabs(static_cast<double>(pos)) * max_abs_freq < pe_ext::cpu::kPolynomialAngleLimit) {
     pe_row<float>(s, pos, freqs, row, pe_ext::cpu::PolynomialSinCos());
   } else {
     pe_row<float>(s, pos, freqs, row);
@@ -89,31 +92,26 @@ void add_row_strided(const scalar_t* x, int64_t x_stride, const acc_t* pe, acc_t
   }
 }
 
-// frequency(s, i) for every i < s.num_freqs. A call computes one row per position, so at decoding (one position a
-// call) the num_freqs exps would cost more than the row; the calling thread keeps the last spec's.
-const std::vector<double>& frequencies_of(const EncodingSpec& s) {
-  thread_local EncodingSpec cached_spec;
-  thread_local std::vector<double> cached;
-  if (cached.size() != static_cast<size_t>(s.num_freqs) || cached_spec.freq_step != s.freq_step ||
-      cached_spec.freq_scale != s.freq_scale) {
-    cached.resize(s.num_freqs);
-    for (int64_t i = 0; i < s.num_freqs; ++i) cached[i] = frequency(s, i);
-    cached_spec = s;
-  }
-  return cached;
+// The largest |freqs[i]|: known for the built-in frequencies, read here for a caller's.
+double max_abs_frequency(const SinusoidalProblem& p) {
+  if (!std::isnan(p.max_abs_freq)) return p.max_abs_freq;
+  const double* freqs = p.freqs.const_data_ptr<double>();
+  double max_abs = 0.0;
+  for (int64_t i = 0; i < p.spec.num_freqs; ++i) max_abs = std::max(max_abs, std::fabs(freqs[i]));
+  return max_abs;
 }
 
-// --- Where pe rows come from: position(b, l) = offset + (positions[b, l] if given, else l); pe(padding_idx, :) = 0;
-// pe scaled by alpha. Table rows already in the math type, contiguous and unscaled are used in place; anything else
-// is converted or computed into a tile.
-template <typename scalar_t, typename table_t>
+// --- Where pe rows come from: position(b, l) = offset + (positions[b, l] if given, else l), an int64 or (fractional
+// positions) a double; pe(padding_idx, :) = 0; pe scaled by alpha. Table rows already in the math type, contiguous and
+// unscaled are used in place; anything else is converted or computed into a tile.
+template <typename scalar_t, typename table_t, typename pos_t>
 class PeRows {
  public:
   using acc_t = at::opmath_type<scalar_t>;
 
   explicit PeRows(const SinusoidalProblem& p)
       : p_(p),
-        positions_(p.positions.defined() ? p.positions.const_data_ptr<int64_t>() : nullptr),
+        positions_(p.positions.defined() ? p.positions.const_data_ptr<pos_t>() : nullptr),
         positions_stride_b_(positions_ ? p.positions.stride(0) : 0),
         positions_stride_l_(positions_ ? p.positions.stride(1) : 0),
         alpha_(p.alpha.defined() ? *p.alpha.const_data_ptr<acc_t>() : acc_t(1)),
@@ -123,44 +121,45 @@ class PeRows {
         in_place_(table_ != nullptr && std::is_same_v<table_t, acc_t> && (table_stride_d_ == 1 || p.d_model() <= 1) &&
                   !p.alpha.defined()),
         zero_row_(in_place_ && p.padding_idx >= 0 ? p.d_model() : 0, acc_t(0)),
-        freqs_(table_ ? kNoFrequencies : frequencies_of(p.spec)),
-        // freq(i) is the exp of a linear function of i, so monotonic: its largest value is at one end.
-        max_freq_(freqs_.empty() ? 0.0 : std::max(freqs_.front(), freqs_.back())) {}
+        freqs_(table_ ? nullptr : p.freqs.const_data_ptr<double>()),
+        max_abs_freq_(table_ ? 0.0 : max_abs_frequency(p)) {}
 
-  int64_t position(int64_t b, int64_t l) const {
-    return p_.offset + (positions_ ? positions_[b * positions_stride_b_ + l * positions_stride_l_] : l);
+  pos_t position(int64_t b, int64_t l) const {
+    return static_cast<pos_t>(p_.offset) +
+           (positions_ ? positions_[b * positions_stride_b_ + l * positions_stride_l_] : static_cast<pos_t>(l));
   }
   // Whether batch rows can have different positions (else one pe row serves the whole batch).
   bool per_batch_row() const { return positions_ != nullptr && positions_stride_b_ != 0; }
   bool in_place() const { return in_place_; }
 
   const acc_t* row_in_place(int64_t pos) const {
-    return pos == p_.padding_idx ? zero_row_.data() : reinterpret_cast<const acc_t*>(table_) + pos * table_stride_l_;
+    return is_padding(pos) ? zero_row_.data() : reinterpret_cast<const acc_t*>(table_) + pos * table_stride_l_;
   }
 
   // The pe rows of positions (b, l_begin) .. (b, l_end - 1) back to back in the table, or nullptr where they are
   // not: explicit positions, a padding row among them, or table rows with gaps.
   const acc_t* span_in_place(int64_t b, int64_t l_begin, int64_t l_end) const {
-    const int64_t first = position(b, l_begin), last = position(b, l_end - 1);
+    if (positions_ != nullptr) return nullptr;
+    const int64_t first = p_.offset + l_begin, last = p_.offset + l_end - 1;
     const bool rows_adjacent = table_stride_l_ == p_.d_model() || l_end - l_begin == 1;
-    const bool padding_inside = p_.padding_idx >= first && p_.padding_idx <= last;
-    if (positions_ != nullptr || !rows_adjacent || padding_inside) return nullptr;
+    const bool padding_inside = p_.padding_idx >= 0 && p_.padding_idx >= first && p_.padding_idx <= last;
+    if (!rows_adjacent || padding_inside) return nullptr;
     return row_in_place(first);
   }
 
-  void fill(int64_t pos, acc_t* row) const {
+  void fill(pos_t pos, acc_t* row) const {
     const int64_t d_model = p_.d_model();
-    if (pos == p_.padding_idx || alpha_ == acc_t(0)) {  // alpha 0: backward's dropout-mask pass needs no pe
+    if (is_padding(pos) || alpha_ == acc_t(0)) {  // alpha 0: backward's dropout-mask pass needs no pe
       std::fill(row, row + d_model, acc_t(0));
       return;
     }
     if (table_ == nullptr) {
       if constexpr (std::is_same_v<acc_t, float>) {
-        pe_row_float(p_.spec, pos, freqs_.data(), max_freq_, row);
+        pe_row_float(p_.spec, pos, freqs_, max_abs_freq_, row);
       } else {
-        pe_row<acc_t>(p_.spec, pos, freqs_.data(), row);
+        pe_row<acc_t>(p_.spec, pos, freqs_, row);
       }
-    } else {
+    } else if constexpr (std::is_integral_v<pos_t>) {  // fractional positions never come with a table
       read_table_row(pos, row);
     }
     if (alpha_ != acc_t(1)) {
@@ -169,6 +168,9 @@ class PeRows {
   }
 
  private:
+  // padding_idx -1 (none) is a position like any other: only a padding_idx >= 0 zeroes its pe.
+  bool is_padding(pos_t pos) const { return p_.padding_idx >= 0 && pos == static_cast<pos_t>(p_.padding_idx); }
+
   void read_table_row(int64_t pos, acc_t* row) const {
     const table_t* src = table_ + pos * table_stride_l_;
     if constexpr (std::is_same_v<table_t, c10::BFloat16> || std::is_same_v<table_t, c10::Half>) {
@@ -180,17 +182,16 @@ class PeRows {
     for (int64_t j = 0; j < p_.d_model(); ++j) row[j] = static_cast<acc_t>(src[j * table_stride_d_]);
   }
 
-  static inline const std::vector<double> kNoFrequencies;
   const SinusoidalProblem& p_;
-  const int64_t* positions_;
+  const pos_t* positions_;
   const int64_t positions_stride_b_, positions_stride_l_;
   const acc_t alpha_;
   const table_t* table_;
   const int64_t table_stride_l_, table_stride_d_;
   const bool in_place_;
   const std::vector<acc_t> zero_row_;
-  const std::vector<double>& freqs_;
-  const double max_freq_;
+  const double* freqs_;  // nullptr with a table
+  const double max_abs_freq_;
 };
 
 // --- Writes output elements: x * scale + pe, then dropout; a row, or several rows that lie back to back. With
@@ -276,7 +277,7 @@ acc_t* thread_tile(int64_t values) {
 // --- The tiling loop. Work item i = (tile i / batch, batch row i % batch): a task computes a tile's pe rows once for
 // all its items (once per item when positions differ between batch rows), then writes the item's rows, as one span
 // when they lie back to back in x, out and pe.
-template <typename scalar_t, typename table_t>
+template <typename scalar_t, typename table_t, typename pos_t>
 class TiledAdd {
  public:
   using acc_t = at::opmath_type<scalar_t>;
@@ -357,7 +358,7 @@ class TiledAdd {
   scalar_t* out_;
   const int64_t x_stride_b_, x_stride_l_, out_stride_b_, out_stride_l_;
   const int64_t tile_len_, tiles_;  // positions per tile (kTileBytes of pe), and tiles along seq_len
-  const PeRows<scalar_t, table_t> rows_;
+  const PeRows<scalar_t, table_t, pos_t> rows_;
   const RowWriter<scalar_t> writer_;
 };
 
@@ -367,10 +368,12 @@ void add_pe_cpu(const SinusoidalProblem& p) {
     pe_ext::cpu::advise_huge_pages_if_untouched(p.out.data_ptr(), p.out.numel() * p.out.element_size());
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.out.scalar_type(), "pe_ext_cpu_add_pe", [&] {
-    if (p.table.defined() && p.table.scalar_type() != p.out.scalar_type()) {
-      TiledAdd<scalar_t, float>(p).run();  // the module's float32 table under half/bfloat16/double data
+    if (p.positions.defined() && p.positions.scalar_type() == at::kDouble) {
+      TiledAdd<scalar_t, scalar_t, double>(p).run();  // fractional positions, never with a table
+    } else if (p.table.defined() && p.table.scalar_type() != p.out.scalar_type()) {
+      TiledAdd<scalar_t, float, int64_t>(p).run();  // the module's float32 table under half/bfloat16/double data
     } else {
-      TiledAdd<scalar_t, scalar_t>(p).run();
+      TiledAdd<scalar_t, scalar_t, int64_t>(p).run();
     }
   });
 }

@@ -3,6 +3,7 @@
 #include "sinusoidal/ops.h"
 
 #include <ATen/OpMathType.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/aminmax.h>
 #include <torch/library.h>
 
@@ -11,19 +12,31 @@
 #include <limits>
 
 #include "common/checks.h"
+#include "sinusoidal/frequencies.h"
 #include "sinusoidal/math.h"
 
 namespace pe_ext::sinusoidal {
 namespace {
 
-EncodingSpec make_spec(const SinusoidalOptions& o, int64_t d_model) {
-  TORCH_CHECK_VALUE(o.layout == "interleaved" || o.layout == "concatenated",
-                    "pe_ext: layout must be 'interleaved' or 'concatenated', got '", o.layout, "'");
-  const Layout layout = o.layout == "interleaved" ? Layout::kInterleaved : Layout::kConcatenated;
+Layout parse_layout(c10::string_view layout) {
+  if (layout == "interleaved") return Layout::kInterleaved;
+  if (layout == "concatenated") return Layout::kConcatenated;
+  TORCH_CHECK_VALUE(layout == "concatenated_cos_first",
+                    "pe_ext: layout must be 'interleaved', 'concatenated' or 'concatenated_cos_first', got '", layout,
+                    "'");
+  return Layout::kConcatenatedCosFirst;
+}
+
+FrequencyRecipe make_recipe(const SinusoidalOptions& o) {
+  FrequencyRecipe r;
+  TORCH_CHECK_VALUE(o.frequency_rounding == "float32" || o.frequency_rounding == "correct",
+                    "pe_ext: frequency_rounding must be 'float32' or 'correct', got '", o.frequency_rounding, "'");
+  r.rounding = o.frequency_rounding == "float32" ? FrequencyRounding::kFloat32 : FrequencyRounding::kCorrect;
   if (o.frequencies == "paper") {
     TORCH_CHECK_VALUE(std::isfinite(o.base) && o.base > 0, "pe_ext: base must be a positive finite number, got ",
                       o.base);
-    return paper_spec(d_model, o.base, layout, o.precise_angle);
+    r.base = o.base;
+    return r;
   }
   TORCH_CHECK_VALUE(o.frequencies == "timescales", "pe_ext: frequencies must be 'paper' or 'timescales', got '",
                     o.frequencies, "'");
@@ -31,15 +44,87 @@ EncodingSpec make_spec(const SinusoidalOptions& o, int64_t d_model) {
                         o.max_timescale >= o.min_timescale,
                     "pe_ext: timescales need finite 0 < min_timescale <= max_timescale, got min_timescale=",
                     o.min_timescale, ", max_timescale=", o.max_timescale);
-  return timescale_spec(d_model, o.min_timescale, o.max_timescale, layout, o.precise_angle);
+  r.formula = FrequencyFormula::kTimescales;
+  r.min_timescale = o.min_timescale;
+  r.max_timescale = o.max_timescale;
+  return r;
 }
 
-void attach_padding_and_dropout(SinusoidalProblem& p, const SinusoidalOptions& o) {
+void check_frequencies_untracked(const c10::optional<at::Tensor>& inv_freq) {
+  TORCH_CHECK(!(inv_freq.has_value() && inv_freq->defined() && at::GradMode::is_enabled() && inv_freq->requires_grad()),
+              "pe_ext: inv_freq requires grad, but pe_ext does not differentiate with respect to the frequencies; "
+              "pass inv_freq.detach()");
+}
+
+// A caller's frequencies replace the recipe: the options that make one must keep their defaults (schema.py's).
+void check_inv_freq(const SinusoidalOptions& o, const EncodingSpec& s, const at::Tensor& like, const char* like_name) {
+  if (!o.inv_freq.has_value() || !o.inv_freq->defined()) return;
+  const at::Tensor& f = *o.inv_freq;
+  TORCH_CHECK_VALUE(o.frequencies == "paper" && o.base == 10000.0 && o.min_timescale == 1.0 &&
+                        o.max_timescale == 10000.0 && o.frequency_rounding == "float32",
+                    "pe_ext: inv_freq gives the frequencies, so base, frequencies, min_timescale, max_timescale and "
+                    "frequency_rounding must keep their defaults");
+  TORCH_CHECK_TYPE(is_supported_dtype(f.scalar_type()),
+                   "pe_ext: inv_freq must be float32, float64, float16 or bfloat16, got ", f.scalar_type());
+  TORCH_CHECK_VALUE(f.dim() == 1 && f.size(0) == s.num_freqs, "pe_ext: inv_freq must have shape (", s.num_freqs,
+                    ",) (one frequency per sin/cos pair of d_model ", s.d_model, " in this layout), got ", f.sizes());
+  check_same_device(f, "inv_freq", like, like_name);
+  check_frequencies_untracked(o.inv_freq);
+}
+
+struct Encoding {
+  EncodingSpec spec;
+  FrequencyRecipe recipe;
+};
+
+// `like` is x (or out when building a table): d_model is its last dimension.
+Encoding checked_encoding(const SinusoidalOptions& o, const at::Tensor& like, const char* like_name) {
+  Encoding e;
+  e.spec.d_model = like.size(-1);
+  e.spec.layout = parse_layout(o.layout);
+  e.spec.num_freqs = num_frequencies(e.spec.d_model, e.spec.layout);
+  e.spec.precise_angle = o.precise_angle;
+  e.recipe = make_recipe(o);
+  check_inv_freq(o, e.spec, like, like_name);
+  return e;
+}
+
+// The frequencies the kernels read when pe is computed (not read from a table). float64 data and precise_angle use
+// float64 angles, whose frequencies are evaluated in float64: a float32 frequency's rounding (~6e-8 relative) would
+// cost precise_angle its accuracy far out (~1 radian at position 16M).
+void attach_frequencies(SinusoidalProblem& p, const Encoding& e, const SinusoidalOptions& o) {
+  if (p.table.defined()) return;
+  const bool double_angle = e.spec.precise_angle || at::toOpMathType(p.out.scalar_type()) == at::kDouble;
+  const FrequencyTable t =
+      o.inv_freq.has_value() && o.inv_freq->defined()
+          ? given_frequencies(*o.inv_freq, double_angle)
+          : recipe_frequencies(e.recipe, e.spec.d_model, e.spec.num_freqs, double_angle, p.out.device());
+  p.freqs = t.values;
+  p.max_abs_freq = t.max_abs;
+}
+
+// `like` is x (or out when building a table). A CPU seed is read here; one on x's device is read by the kernel, so
+// that a captured CUDA graph reads the seed each replay draws.
+void attach_padding_and_dropout(SinusoidalProblem& p, const SinusoidalOptions& o, const at::Tensor& like) {
   TORCH_CHECK_VALUE(o.padding_idx >= -1, "pe_ext: padding_idx must be >= 0, or -1 for none; got ", o.padding_idx);
   TORCH_CHECK_VALUE(o.dropout >= 0 && o.dropout < 1, "pe_ext: dropout must be in [0, 1), got ", o.dropout);
   p.padding_idx = o.padding_idx;
   p.dropout = o.dropout;
-  p.seed = static_cast<uint64_t>(o.seed);
+  const bool has_seed = o.seed.has_value() && o.seed->defined();
+  TORCH_CHECK_VALUE(has_seed || o.dropout == 0,
+                    "pe_ext: dropout > 0 needs seed, a one-element int64 tensor, e.g. torch.randint(2**63 - 1, ())");
+  if (!has_seed) return;
+  const at::Tensor& seed = *o.seed;
+  TORCH_CHECK_TYPE(seed.scalar_type() == at::kLong, "pe_ext: seed must be an int64 tensor, got ", seed.scalar_type());
+  TORCH_CHECK_VALUE(seed.numel() == 1, "pe_ext: seed must hold one value, got shape ", seed.sizes());
+  TORCH_CHECK_VALUE(seed.is_cpu() || seed.device() == like.device(), "pe_ext: seed is on ", seed.device(),
+                    " but must be on the CPU or on x's device (", like.device(), ")");
+  if (o.dropout == 0) return;
+  if (seed.is_cpu()) {
+    p.seed = static_cast<uint64_t>(*seed.const_data_ptr<int64_t>());
+  } else {
+    p.seed_on_device = seed.reshape({});
+  }
 }
 
 // `like` is x (or out when building a table): alpha lives on its device and is kept in its math dtype.
@@ -53,36 +138,60 @@ void attach_alpha(SinusoidalProblem& p, const c10::optional<at::Tensor>& alpha, 
   p.alpha = alpha->reshape({}).to(at::toOpMathType(like.scalar_type()));
 }
 
+// The positions a call uses: the range of its integer positions (offset included) or, for fractional positions, none
+// (they index no table row).
+struct PositionRange {
+  int64_t first = 0;  // the smallest position, or offset when there are none
+  int64_t end = 0;    // one past the largest position, or offset when there are none
+  bool fractional = false;
+};
+
+// offset + every id, and one past the largest, fit in int64.
+void check_sum_fits(int64_t offset, int64_t min_id, int64_t max_id) {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max(), kMin = std::numeric_limits<int64_t>::min();
+  const bool fits = offset >= 0 ? max_id < kMax - offset : min_id >= kMin - offset;
+  TORCH_CHECK_VALUE(fits, "pe_ext: offset (", offset, ") + positions (", offset >= 0 ? max_id : min_id,
+                    ") overflows int64");
+}
+
 // Attaches explicit positions (viewed batch-first by to_batch_first, which takes a tensor shaped like `like`'s
-// leading dimensions) and returns one past the largest position the call uses. The positions are read here (one
-// device sync on CUDA) so that bad ones are refused before anything is written.
+// leading dimensions): integer ids as int64, fractional ones as float64. The positions are read here (one device sync
+// on CUDA) so that bad ones are refused before anything is written.
 template <typename ToBatchFirst>
-int64_t attach_positions(SinusoidalProblem& p, const c10::optional<at::Tensor>& positions, const at::Tensor& like,
-                         ToBatchFirst to_batch_first) {
-  check_offset(p.offset, p.seq_len());
-  if (!positions.has_value() || !positions->defined()) return p.offset + p.seq_len();
+PositionRange attach_positions(SinusoidalProblem& p, const c10::optional<at::Tensor>& positions, const at::Tensor& like,
+                               const char* like_name, ToBatchFirst to_batch_first) {
+  check_offset_fits(p.offset, p.seq_len());
+  if (!positions.has_value() || !positions->defined()) return {p.offset, p.offset + p.seq_len()};
 
   const at::IntArrayRef leading = like.sizes().slice(0, like.dim() - 1);
-  TORCH_CHECK_TYPE(positions->scalar_type() == at::kLong || positions->scalar_type() == at::kInt,
-                   "pe_ext: positions must be an int64 or int32 tensor, got ", positions->scalar_type());
-  check_same_device(*positions, "positions", like, "x");
+  const bool fractional = positions->is_floating_point();
+  TORCH_CHECK_TYPE(positions->scalar_type() == at::kLong || positions->scalar_type() == at::kInt ||
+                       (fractional && is_supported_dtype(positions->scalar_type())),
+                   "pe_ext: positions must be an int64 or int32 tensor (ids), or a float32, float64, float16 or "
+                   "bfloat16 tensor (fractional positions), got ",
+                   positions->scalar_type());
+  check_same_device(*positions, "positions", like, like_name);
   const bool per_element = positions->sizes() == leading;
   TORCH_CHECK_VALUE(per_element || (positions->dim() == 1 && positions->size(0) == p.seq_len()),
                     "pe_ext: positions must have shape ", leading, " (one per element of x but d_model) or (",
                     p.seq_len(), ",) (shared by the batch), got ", positions->sizes());
-  const at::Tensor ids = positions->to(at::kLong);
+  const at::Tensor ids = positions->to(fractional ? at::kDouble : at::kLong);
   p.positions = per_element ? to_batch_first(ids) : ids.unsqueeze(0).expand({p.batch(), p.seq_len()});
-  if (ids.numel() == 0) return p.offset;
+  if (ids.numel() == 0) return {p.offset, p.offset, fractional};
   const auto [low, high] = at::aminmax(ids);
+  if (fractional) {
+    const double min_value = low.item<double>(), max_value = high.item<double>();
+    TORCH_CHECK_VALUE(std::isfinite(min_value) && std::isfinite(max_value),
+                      "pe_ext: positions must be finite, got values from ", min_value, " to ", max_value);
+    return {p.offset, p.offset, true};
+  }
   const int64_t min_id = low.item<int64_t>(), max_id = high.item<int64_t>();
-  TORCH_CHECK_VALUE(min_id >= 0, "pe_ext: positions must be >= 0, got ", min_id);
-  TORCH_CHECK_VALUE(max_id < std::numeric_limits<int64_t>::max() - p.offset, "pe_ext: offset (", p.offset,
-                    ") + positions (up to ", max_id, ") overflows int64");
-  return p.offset + max_id + 1;
+  check_sum_fits(p.offset, min_id, max_id);
+  return {p.offset + min_id, p.offset + max_id + 1};
 }
 
 // The (rows, d_model) view of a table given as (rows, d_model) or as the module's (1, rows, d_model) buffer.
-at::Tensor checked_table(const at::Tensor& table, const at::Tensor& x, int64_t d_model, int64_t last_position) {
+at::Tensor checked_table(const at::Tensor& table, const at::Tensor& x, int64_t d_model, const PositionRange& used) {
   TORCH_CHECK_VALUE(table.dim() == 2 || (table.dim() == 3 && table.size(0) == 1),
                     "pe_ext: table must have shape (rows, d_model) or (1, rows, d_model), got ", table.sizes());
   at::Tensor rows = table.dim() == 3 ? table.select(0, 0) : table;
@@ -92,8 +201,13 @@ at::Tensor checked_table(const at::Tensor& table, const at::Tensor& x, int64_t d
                     "; move them to the same device (module.to(x.device))");
   TORCH_CHECK_TYPE(table.scalar_type() == x.scalar_type() || table.scalar_type() == at::kFloat,
                    "pe_ext: table must be float32 or x's dtype (", x.scalar_type(), "), got ", table.scalar_type());
-  TORCH_CHECK_VALUE(last_position <= rows.size(0), "pe_ext: positions up to ", last_position - 1, " need ",
-                    last_position, " table rows, but the table has ", rows.size(0),
+  TORCH_CHECK_VALUE(!used.fractional,
+                    "pe_ext: fractional (floating-point) positions index no table row; compute them on the fly (no "
+                    "table)");
+  TORCH_CHECK_VALUE(used.first >= 0, "pe_ext: table rows start at position 0, but the call uses position ", used.first,
+                    " (offset + positions); compute negative positions on the fly (no table)");
+  TORCH_CHECK_VALUE(used.end <= rows.size(0), "pe_ext: positions up to ", used.end - 1, " need ", used.end,
+                    " table rows, but the table has ", rows.size(0),
                     " (max_len); raise max_len or compute on the fly (no table)");
   return rows;
 }
@@ -118,25 +232,14 @@ void check_out(const at::Tensor& out, const at::Tensor& x) {
   check_same_device(out, "out", x, "x");
 }
 
-void check_writes_untracked(const at::Tensor& x, const c10::optional<at::Tensor>& table,
-                            const SinusoidalOptions& options, const at::Tensor& out, Write write) {
-  const char* op = write == Write::kInPlace ? "add_pe_ (in place)" : "add_pe_out (out=)";
-  constexpr const char* kAlternative = "add_sinusoidal_pe";
-  check_untracked(x, "x", op, kAlternative);
-  check_untracked(table, "table", op, kAlternative);
-  check_untracked(options.alpha, "alpha", op, kAlternative);
-  if (write == Write::kOut) check_untracked(out, "out", op, kAlternative);
-}
-
 }  // namespace
 
 SinusoidalProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Tensor>& table, int64_t offset,
                                  double scale, int64_t seq_dim, const SinusoidalOptions& options, const at::Tensor& out,
                                  Write write) {
   check_x(x, seq_dim, scale);
-  const EncodingSpec spec = make_spec(options, x.size(-1));
+  const Encoding encoding = checked_encoding(options, x, "x");
   check_out(out, x);
-  if (write != Write::kNew) check_writes_untracked(x, table, options, out, write);
   const char* out_name = write == Write::kInPlace ? "x" : "out";
   check_distinct_elements(out, out_name);
   if (write != Write::kInPlace) check_no_shared_memory(out, "out", x, "x");
@@ -152,33 +255,33 @@ SinusoidalProblem prepare_add_pe(const at::Tensor& x, const c10::optional<at::Te
   p.out = batch_first(out);
   p.offset = offset;
   p.scale = scale;
-  p.spec = spec;
-  attach_padding_and_dropout(p, options);
+  p.spec = encoding.spec;
+  attach_padding_and_dropout(p, options, x);
   attach_alpha(p, options.alpha, x);
-  const int64_t last_position = attach_positions(p, options.positions, x, [&](const at::Tensor& ids) {
+  const PositionRange used = attach_positions(p, options.positions, x, "x", [&](const at::Tensor& ids) {
     return ids.dim() == 1 ? ids.unsqueeze(0) : (dim == 0 ? ids.transpose(0, 1) : ids);
   });
   if (table.has_value() && table->defined()) {
-    p.table = checked_table(*table, x, p.d_model(), last_position);
+    p.table = checked_table(*table, x, p.d_model(), used);
     check_no_shared_memory(out, out_name, *table, "table");
   }
+  attach_frequencies(p, encoding, options);
   return p;
 }
 
 SinusoidalProblem prepare_fill_table(const at::Tensor& out, int64_t offset, const SinusoidalOptions& options) {
   TORCH_CHECK_VALUE(out.dim() == 2, "pe_ext: out must be 2-D (num_positions, d_model), got shape ", out.sizes());
   check_supported_dtype(out, "out");
-  const EncodingSpec spec = make_spec(options, out.size(1));
-  check_untracked(out, "out", "fill_table_", "add_sinusoidal_pe");
-  check_untracked(options.alpha, "alpha", "fill_table_", "add_sinusoidal_pe");
+  const Encoding encoding = checked_encoding(options, out, "out");
   check_distinct_elements(out, "out");
   SinusoidalProblem p;
   p.out = out.unsqueeze(0);
   p.offset = offset;
-  p.spec = spec;
-  attach_padding_and_dropout(p, options);
+  p.spec = encoding.spec;
+  attach_padding_and_dropout(p, options, out);
   attach_alpha(p, options.alpha, out);
-  attach_positions(p, options.positions, out, [](const at::Tensor& ids) { return ids.unsqueeze(0); });
+  attach_positions(p, options.positions, out, "out", [](const at::Tensor& ids) { return ids.unsqueeze(0); });
+  attach_frequencies(p, encoding, options);
   return p;
 }
 

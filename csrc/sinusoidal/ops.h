@@ -9,6 +9,8 @@
 #include <c10/util/string_view.h>
 #include <torch/library.h>
 
+#include "common/options.h"
+#include "sinusoidal/frequencies.h"
 #include "sinusoidal/math.h"
 
 namespace pe_ext::sinusoidal {
@@ -17,38 +19,41 @@ namespace pe_ext::sinusoidal {
 //   X(C++ parameter type, name, schema type, schema default)
 // They drive the schemas' tails (ops.cpp), the kernels' parameter lists and SinusoidalOptions; autograd finds
 // arguments in the schema by name. The Python twin of this list is pe_ext/sinusoidal/schema.py's OPTIONS.
-//   base               frequencies = "paper": freq(i) = base^(-2i / d_model)
-//   layout             "interleaved" (sin, cos, sin, cos, ...) or "concatenated" (all sin, then all cos)
-//   frequencies        "paper" (base) or "timescales" (tensor2tensor, fairseq: periods from min_timescale to
-//   min/max_timescale  max_timescale, geometrically)
-//   precise_angle      form and reduce the angle in double before the float32 sin/cos (accurate at any position)
-//   positions          int position ids shaped like x without d_model, or (seq_len,) for the whole batch; the
-//                      position of an element is offset + its id (default: offset + its index along seq_dim)
+//   base               frequencies = "paper": div_term = exp(arange(0, d_model, 2) * -(log(base) / d_model))
+//   layout             "interleaved" (sin, cos, sin, cos, ...), "concatenated" (all sin, then all cos) or
+//                      "concatenated_cos_first" (all cos, then all sin)
+//   frequencies        "paper" (base) or "timescales" (fairseq, tensor2tensor: periods from min_timescale to
+//   min/max_timescale  max_timescale, geometrically); sinusoidal/frequencies.h has the formulas
+//   frequency_rounding "float32": the formula evaluated in float32 as PyTorch does (the classic module's values);
+//                      "correct": evaluated in float64 and rounded once
+//   inv_freq           a 1-D float tensor of the frequencies, used as given instead of the four options above
+//   precise_angle      form and reduce the angle in double, with frequencies evaluated in float64, before the float32
+//                      sin/cos (accurate at any position)
+//   positions          position ids shaped like x without d_model, or (seq_len,) for the whole batch: int (table rows
+//                      or on the fly) or float (fractional, on the fly); the position of an element is offset + its id
+//                      (default: offset + its index along seq_dim). Negative positions are computed on the fly.
 //   padding_idx        the position whose pe is zero (fairseq's padding), -1 for none
 //   alpha              a 0-dim tensor multiplying pe (ESPnet's learnable alpha), None for 1
 //   dropout, seed      fused dropout of the result: the mask is a function of (seed, element), so backward
-//                      recomputes it and CPU and CUDA agree
+//                      recomputes it and CPU and CUDA agree. seed is a one-element int64 tensor (needed when
+//                      dropout > 0), on the CPU or on x's device, so that torch.compile, torch.export and CUDA
+//                      graphs trace the op that draws it and replay draws a fresh one
 #define PE_SINUSOIDAL_OPTIONS(X)                                    \
   X(double, base, "float", "10000.0")                               \
   X(c10::string_view, layout, "str", "\"interleaved\"")             \
   X(c10::string_view, frequencies, "str", "\"paper\"")              \
   X(double, min_timescale, "float", "1.0")                          \
   X(double, max_timescale, "float", "10000.0")                      \
+  X(c10::string_view, frequency_rounding, "str", "\"float32\"")     \
+  X(const c10::optional<at::Tensor>&, inv_freq, "Tensor?", "None")  \
   X(bool, precise_angle, "bool", "False")                           \
   X(const c10::optional<at::Tensor>&, positions, "Tensor?", "None") \
   X(int64_t, padding_idx, "int", "-1")                              \
   X(const c10::optional<at::Tensor>&, alpha, "Tensor?", "None")     \
   X(double, dropout, "float", "0.0")                                \
-  X(int64_t, seed, "int", "0")
+  X(const c10::optional<at::Tensor>&, seed, "Tensor?", "None")
 
-// Expansions of the list: a schema tail (", float base=10000.0, ..."), a parameter list and an argument list to
-// append after the positional ones, and struct fields.
-#define PE_OPTION_SCHEMA(cpp_type, name, schema_type, schema_default) ", " schema_type " " #name "=" schema_default
-#define PE_OPTION_PARAM(cpp_type, name, ...) , cpp_type name
-#define PE_OPTION_ARG(cpp_type, name, ...) , name
-#define PE_OPTION_FIELD(cpp_type, name, ...) cpp_type name;
-#define PE_OPTION_INIT(cpp_type, name, ...) name,
-
+// The list's expansions (common/options.h).
 #define PE_SINUSOIDAL_OPTIONS_SCHEMA PE_SINUSOIDAL_OPTIONS(PE_OPTION_SCHEMA)
 #define PE_SINUSOIDAL_OPTIONS_PARAMS PE_SINUSOIDAL_OPTIONS(PE_OPTION_PARAM)
 #define PE_SINUSOIDAL_OPTIONS_ARGS PE_SINUSOIDAL_OPTIONS(PE_OPTION_ARG)
@@ -63,18 +68,23 @@ struct SinusoidalOptions {
 // One call, checked and seen batch-first: out[b, l, :] = x[b, l, :] * scale + alpha * pe(position(b, l), :), with
 // position(b, l) = offset + (positions[b, l] if given, else l), and pe(padding_idx, :) = 0; then, with dropout > 0,
 // each element is zeroed with probability dropout (common/philox.h's mask) or scaled by 1 / (1 - dropout).
-// x is undefined when building a table (x taken as 0); table is undefined when pe is computed on the fly.
+// x is undefined when building a table (x taken as 0); table is undefined when pe is computed on the fly, and then
+// freqs holds the frequencies.
 struct SinusoidalProblem {
   at::Tensor x;          // [batch, seq_len, d_model], any strides, or undefined
   at::Tensor out;        // [batch, seq_len, d_model], any non-overlapping strides
   at::Tensor table;      // [rows > every position, d_model], float32 or x's dtype, or undefined
-  at::Tensor positions;  // int64 [batch, seq_len] (batch stride 0 when shared by the batch), or undefined
+  at::Tensor positions;  // int64, or float64 (fractional, no table), [batch, seq_len] (batch stride 0 when shared by
+                         // the batch), or undefined
   at::Tensor alpha;      // 0-dim, in the math dtype, or undefined (1)
+  at::Tensor freqs;      // float64 [spec.num_freqs] on out's device, each exactly as the angle uses it; or undefined
+  double max_abs_freq = 0.0;  // the largest |freqs[i]|, NaN when unknown
   int64_t offset = 0;
   int64_t padding_idx = -1;
   double scale = 1.0;
   double dropout = 0.0;
-  uint64_t seed = 0;
+  uint64_t seed = 0;          // read on the host from a CPU seed tensor
+  at::Tensor seed_on_device;  // 0-dim int64 on x's (non-CPU) device, read by the kernel; or undefined (seed)
   EncodingSpec spec;
 
   int64_t batch() const { return out.size(0); }

@@ -15,7 +15,7 @@ def add_pe(x: Tensor, table: Tensor | None = None, offset: int = 0, scale: float
            **options) -> Tensor:
     """out = x * scale + alpha * pe(position) along dimension seq_dim of x, then dropout."""
     options = with_defaults(**options)
-    dim, ids, _ = checks.check_add_pe(x, table, offset, scale, seq_dim, options, None, checks.NEW)
+    dim, ids = checks.check_add_pe(x, table, offset, scale, seq_dim, options, None, checks.NEW)
     return reference.add_pe_values(x, table, offset, scale, options, ids, dim)
 
 
@@ -23,7 +23,7 @@ def add_pe_(x: Tensor, table: Tensor | None = None, offset: int = 0, scale: floa
             **options) -> None:
     """add_pe written into x."""
     options = with_defaults(**options)
-    dim, ids, _ = checks.check_add_pe(x, table, offset, scale, seq_dim, options, None, checks.IN_PLACE)
+    dim, ids = checks.check_add_pe(x, table, offset, scale, seq_dim, options, None, checks.IN_PLACE)
     x.copy_(reference.add_pe_values(x, table, offset, scale, options, ids, dim))
 
 
@@ -31,7 +31,7 @@ def add_pe_out(x: Tensor, table: Tensor | None, offset: int, scale: float, seq_d
                **options) -> None:
     """add_pe written into out, which has x's shape, dtype and device and does not overlap x."""
     options = with_defaults(**options)
-    dim, ids, _ = checks.check_add_pe(x, table, offset, scale, seq_dim, options, out, checks.OUT)
+    dim, ids = checks.check_add_pe(x, table, offset, scale, seq_dim, options, out, checks.OUT)
     out.copy_(reference.add_pe_values(x, table, offset, scale, options, ids, dim))
 
 

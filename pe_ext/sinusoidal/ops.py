@@ -2,13 +2,18 @@
 schemas and fallback kernels), and the ops' fake (meta) kernels.
 
 Every function takes the encoding keywords of the ops (csrc/sinusoidal/ops.h):
-    base=10000.0             frequencies="paper": freq(i) = base^(-2i / d_model)
-    frequencies="paper"      or "timescales": periods from min_timescale to max_timescale (tensor2tensor, fairseq)
+    base=10000.0             frequencies="paper": div_term = exp(arange(0, d_model, 2) * -(log(base) / d_model))
+    frequencies="paper"      or "timescales": periods from min_timescale to max_timescale (fairseq, tensor2tensor),
+                             or a 1-D float tensor of the frequencies (a model's own div_term or inv_freq, used as
+                             given; the ops' inv_freq)
     min_timescale=1.0, max_timescale=10000.0
-    layout="interleaved"     (sin, cos, sin, cos, ...) or "concatenated" (all sin, then all cos; an odd d_model's
-                             last column is 0)
-    precise_angle=False      reduce the angle in double before the float32 sin/cos: under 1e-6 error at any
-                             position, where the classic float32 angle loses ~1e-2 by position 300k
+    frequency_rounding="float32"  the formula evaluated in float32 as PyTorch evaluates it, so that the values equal
+                             the classic module's; "correct": evaluated in float64 and rounded once
+    layout="interleaved"     (sin, cos, sin, cos, ...), "concatenated" (all sin, then all cos; an odd d_model's
+                             last column is 0) or "concatenated_cos_first" (all cos, then all sin)
+    precise_angle=False      form and reduce the angle in double (with float64 frequencies) before the float32
+                             sin/cos: under 1e-6 error at any position, where the classic float32 angle loses ~1e-2 by
+                             position 300k
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from .._checks import INT64_MAX, SUPPORTED_DTYPES
+from .._checks import INT64_MAX, SUPPORTED_DTYPES, check_keywords
 from . import checks, fallback, schema
 
-_backend.register_family("sinusoidal", _backend.Family(schema.SCHEMAS, fallback.KERNELS, composite={"add_pe"}))
+_backend.register_family("sinusoidal",
+                         _backend.Family(schema.SCHEMAS, fallback.KERNELS, composite=set(fallback.KERNELS)))
 
 
 def _seq_dim(x: Tensor, batch_first: bool) -> int:
@@ -30,8 +36,28 @@ def _seq_dim(x: Tensor, batch_first: bool) -> int:
 def _checked_offset(offset: int) -> int:
     # The ops take an int64; outside it torch's argument parser would refuse the call without saying why.
     if isinstance(offset, int) and not -(2**63) <= offset <= INT64_MAX:
-        raise ValueError(f"pe_ext: offset must be >= 0 and fit in int64, got {offset}")
+        raise ValueError(f"pe_ext: offset must fit in int64, got {offset}")
     return offset
+
+
+def op_encoding(encoding: dict) -> dict:
+    """The ops' encoding keywords: frequencies given as a tensor (a model's own div_term or inv_freq) is the ops'
+    inv_freq."""
+    if not encoding:  # the common case, first: decoding calls are overhead-bound
+        return encoding
+    frequencies = encoding.get("frequencies")
+    if not isinstance(frequencies, Tensor):
+        return encoding
+    if "inv_freq" in encoding:
+        raise ValueError("pe_ext: give the frequencies as frequencies=tensor or inv_freq=tensor, not both")
+    return {**{k: v for k, v in encoding.items() if k != "frequencies"}, "inv_freq": frequencies}
+
+
+def checked_encoding(encoding: dict, caller: str) -> dict:
+    """The encoding keywords (schema.ENCODING), any other name being a TypeError that names it."""
+    if encoding:
+        check_keywords(encoding, schema.ENCODING, caller)
+    return encoding
 
 
 def check_table_args(num_positions: int, d_model: int) -> None:
@@ -69,12 +95,32 @@ def _position_keywords(x: Tensor, seq_dim: int, alpha: float | Tensor, positions
     return keywords
 
 
-def _dropout_keywords(dropout: float, generator: torch.Generator | None) -> dict:
-    """The ops' dropout keywords. The seed comes from torch's CPU generator whatever the device, so the same
-    torch.manual_seed gives the same mask on CPU and on CUDA."""
+def _dropout_keywords(x: Tensor, dropout: float, generator: torch.Generator | None) -> dict:
+    """The ops' dropout keywords, with a fresh seed: a tensor drawn by torch.randint, which torch.compile and
+    torch.export trace into the graph (each call of the compiled or exported graph draws its own), never read in
+    Python. It comes from torch's CPU generator whatever x's device, so that the same torch.manual_seed gives the same
+    mask on CPU and on CUDA; from `generator`, on its device, when given; and from x's CUDA generator while a CUDA
+    graph is being captured, so that each replay draws a new seed (the kernel reads it from device memory)."""
     if dropout == 0:
         return {}
-    return {"dropout": dropout, "seed": int(torch.randint(0, 2**63 - 1, (), generator=generator))}
+    device = "cpu" if generator is None else generator.device
+    capturing = x.is_cuda and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing()
+    if generator is None and capturing:
+        device = x.device
+    return {"dropout": dropout, "seed": torch.randint(0, 2**63 - 1, (), generator=generator, device=device)}
+
+
+def _checked_call(offset: int, scale: float, encoding: dict, caller: str) -> int:
+    """The checks the ops cannot make (in one function: decoding calls are overhead-bound); returns offset."""
+    # torch's argument parser would turn a 0-dim tensor into a float, silently dropping its gradient.
+    if isinstance(scale, Tensor):
+        raise TypeError("pe_ext: scale must be a number, got a Tensor (a tensor's gradient would be lost); for a "
+                        "learnable factor on pe pass alpha=, and multiply x by a learnable factor yourself")
+    if encoding:
+        checked_encoding(encoding, caller)
+    if isinstance(offset, int) and not -(2**63) <= offset <= INT64_MAX:  # as _checked_offset, inlined
+        raise ValueError(f"pe_ext: offset must fit in int64, got {offset}")
+    return offset
 
 
 def add_sinusoidal_pe(x: Tensor, table: Tensor | None = None, *, offset: int = 0, scale: float = 1.0,
@@ -85,18 +131,19 @@ def add_sinusoidal_pe(x: Tensor, table: Tensor | None = None, *, offset: int = 0
     """x * scale + alpha * pe(position) for every element of x, in one pass; the result keeps x's dtype.
 
     x is (batch, seq_len, d_model) when batch_first, (seq_len, batch, d_model) otherwise, or (seq_len, d_model).
-    Positions are offset + l along the sequence, or offset + positions (int ids shaped like x without d_model, or
-    (seq_len,)), or offset + start_positions[b] + l (start_positions: (batch,), e.g. left-padded batches or a KV
-    cache); pe(padding_idx) is zero. alpha is a number or a 0-dim tensor, learnable (its gradient is computed).
+    Positions are offset + l along the sequence, or offset + positions (ids shaped like x without d_model, or
+    (seq_len,): int, or float for fractional positions such as diffusion timesteps), or offset + start_positions[b]
+    + l (start_positions: (batch,), e.g. left-padded batches or a KV cache); pe(padding_idx) is zero. Offsets and
+    positions may be negative where pe is computed on the fly (Transformer-XL's relative positions). alpha is a number or a 0-dim tensor, learnable (its gradient is computed).
     dropout > 0 zeroes each element of the sum with that probability in the same pass (a Philox mask seeded from
     torch's generator; backward regenerates it), as nn.Dropout in training mode would.
-    pe rows are read from `table` ((rows, d_model) or the module's (1, rows, d_model); float32 or x's dtype) when
-    given, else computed on the fly with no length limit. `out`, if given, is written and returned (no autograd,
-    as with torch's out= arguments).
+    pe rows are read from `table` ((rows, d_model) or the module's (1, rows, d_model); float32 or x's dtype;
+    integer positions from 0) when given, else computed on the fly with no length limit. `out`, if given, is written
+    and returned (no autograd, as with torch's out= arguments).
     """
-    seq_dim, offset = _seq_dim(x, batch_first), _checked_offset(offset)
+    seq_dim, offset = _seq_dim(x, batch_first), _checked_call(offset, scale, encoding, "add_sinusoidal_pe()")
     keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx),
-                **_dropout_keywords(dropout, generator), **encoding}
+                **_dropout_keywords(x, dropout, generator), **op_encoding(encoding)}
     if out is None:
         return torch.ops.pe_ext.add_pe.default(x, table, offset, scale, seq_dim, **keywords)
     torch.ops.pe_ext.add_pe_out.default(x, table, offset, scale, seq_dim, out, **keywords)
@@ -107,10 +154,13 @@ def add_sinusoidal_pe_(x: Tensor, table: Tensor | None = None, *, offset: int = 
                        alpha: float | Tensor = 1.0, positions: Tensor | None = None,
                        start_positions: Tensor | None = None, padding_idx: int = -1, batch_first: bool = True,
                        **encoding) -> Tensor:
-    """add_sinusoidal_pe written into x, which is returned. Refuses tensors that autograd tracks."""
+    """add_sinusoidal_pe written into x, which is returned. Autograd records it as torch records its own in-place
+    ops (a leaf that requires grad is refused, tensors saved for backward are checked)."""
     seq_dim = _seq_dim(x, batch_first)
-    keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx), **encoding}
-    torch.ops.pe_ext.add_pe_.default(x, table, _checked_offset(offset), scale, seq_dim, **keywords)
+    offset = _checked_call(offset, scale, encoding, "add_sinusoidal_pe_()")
+    keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx),
+                **op_encoding(encoding)}
+    torch.ops.pe_ext.add_pe_.default(x, table, offset, scale, seq_dim, **keywords)
     return x
 
 
@@ -121,7 +171,8 @@ def sinusoidal_table(num_positions: int, d_model: int, *, offset: int = 0, dtype
     if dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"pe_ext: dtype must be float32, float64, float16 or bfloat16, got {dtype}")
     out = torch.empty(num_positions, d_model, dtype=dtype, device=device)
-    torch.ops.pe_ext.fill_table_.default(out, _checked_offset(offset), **encoding)
+    encoding = checked_encoding(encoding, "sinusoidal_table()")
+    torch.ops.pe_ext.fill_table_.default(out, _checked_offset(offset), **op_encoding(encoding))
     return out
 
 
@@ -132,8 +183,9 @@ def sinusoidal_embedding(positions: Tensor, d_model: int, *, offset: int = 0, pa
     if d_model <= 0:
         raise ValueError(f"pe_ext: d_model must be > 0, got {d_model}")
     out = torch.empty(positions.numel(), d_model, dtype=dtype, device=positions.device)
-    torch.ops.pe_ext.fill_table_.default(out, offset, positions=positions.reshape(-1), padding_idx=padding_idx,
-                                         **encoding)
+    encoding = checked_encoding(encoding, "sinusoidal_embedding()")
+    torch.ops.pe_ext.fill_table_.default(out, _checked_offset(offset), positions=positions.reshape(-1),
+                                         padding_idx=padding_idx, **op_encoding(encoding))
     return out.reshape(*positions.shape, d_model)
 
 
@@ -145,27 +197,25 @@ def make_positions(tokens: Tensor, padding_idx: int) -> Tensor:
 
 
 # The fake kernels serve torch.compile and meta tensors (and calls mixing them with real ones, which dispatch here):
-# they run the ops' checks, all but those that read addresses or values.
-if _backend.has_extension():  # the fallback's add_pe is a composite of torch ops, which brings its own
+# they run the ops' checks, all but those that read addresses or values. The fallback's ops are composites of torch
+# ops, which bring their own.
+if _backend.has_extension():
     @torch.library.register_fake("pe_ext::add_pe")
     def _add_pe_fake(x, table=None, offset=0, scale=1.0, seq_dim=1, **options):
         checks.check_add_pe(x, table, offset, scale, seq_dim, schema.with_defaults(**options), None, checks.NEW,
                             has_storage=False)
         return torch.empty_like(x)
 
+    @torch.library.register_fake("pe_ext::add_pe_")
+    def _add_pe_inplace_fake(x, table=None, offset=0, scale=1.0, seq_dim=1, **options):
+        checks.check_add_pe(x, table, offset, scale, seq_dim, schema.with_defaults(**options), None, checks.IN_PLACE,
+                            has_storage=False)
 
-@torch.library.register_fake("pe_ext::add_pe_")
-def _add_pe_inplace_fake(x, table=None, offset=0, scale=1.0, seq_dim=1, **options):
-    checks.check_add_pe(x, table, offset, scale, seq_dim, schema.with_defaults(**options), None, checks.IN_PLACE,
-                        has_storage=False)
+    @torch.library.register_fake("pe_ext::add_pe_out")
+    def _add_pe_out_fake(x, table, offset, scale, seq_dim, out, **options):
+        checks.check_add_pe(x, table, offset, scale, seq_dim, schema.with_defaults(**options), out, checks.OUT,
+                            has_storage=False)
 
-
-@torch.library.register_fake("pe_ext::add_pe_out")
-def _add_pe_out_fake(x, table, offset, scale, seq_dim, out, **options):
-    checks.check_add_pe(x, table, offset, scale, seq_dim, schema.with_defaults(**options), out, checks.OUT,
-                        has_storage=False)
-
-
-@torch.library.register_fake("pe_ext::fill_table_")
-def _fill_table_fake(out, offset=0, **options):
-    checks.check_fill_table(out, offset, schema.with_defaults(**options), has_storage=False)
+    @torch.library.register_fake("pe_ext::fill_table_")
+    def _fill_table_fake(out, offset=0, **options):
+        checks.check_fill_table(out, offset, schema.with_defaults(**options), has_storage=False)

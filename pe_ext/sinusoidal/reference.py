@@ -18,31 +18,36 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def frequency_params(d_model: int, base: float, layout: str, frequencies: str, min_timescale: float,
-                      max_timescale: float) -> tuple[int, float, float]:
-    """(num_freqs, freq_step, freq_scale) with freq(i) = freq_scale * exp(i * freq_step), as csrc/sinusoidal/math.h."""
-    if layout not in ("interleaved", "concatenated"):
-        raise ValueError(f"pe_ext: layout must be 'interleaved' or 'concatenated', got '{layout}'")
-    num_freqs = (d_model + 1) // 2 if layout == "interleaved" else d_model // 2
-    if frequencies == "paper":
-        if not (math.isfinite(base) and base > 0):
-            raise ValueError(f"pe_ext: base must be a positive finite number, got {base}")
-        return num_freqs, (2.0 * -(math.log(base) / d_model) if d_model > 0 else 0.0), 1.0
-    if frequencies != "timescales":
-        raise ValueError(f"pe_ext: frequencies must be 'paper' or 'timescales', got '{frequencies}'")
-    if not (math.isfinite(min_timescale) and math.isfinite(max_timescale) and 0 < min_timescale <= max_timescale):
-        raise ValueError("pe_ext: timescales need finite 0 < min_timescale <= max_timescale, got "
-                         f"min_timescale={min_timescale}, max_timescale={max_timescale}")
-    steps = max(d_model // 2 - 1, 1)  # tensor2tensor's max(., 1): no division by zero for d_model < 4
-    return num_freqs, -math.log(max_timescale / min_timescale) / steps, 1.0 / min_timescale
+def num_frequencies(d_model: int, layout: str) -> int:
+    return (d_model + 1) // 2 if layout == "interleaved" else d_model // 2
 
 
-def pe_rows(positions: Tensor, d_model: int, dtype: torch.dtype, *, base: float = 10000.0,
-            layout: str = "interleaved", frequencies: str = "paper", min_timescale: float = 1.0,
-            max_timescale: float = 10000.0, precise_angle: bool = False) -> Tensor:
-    """pe(p, :) for each integer position p, computed in `dtype` (see csrc/sinusoidal/math.h for the conventions)."""
-    num_freqs, step, scale = frequency_params(d_model, base, layout, frequencies, min_timescale, max_timescale)
-    freqs = scale * torch.exp(torch.arange(num_freqs, dtype=torch.float64, device=positions.device) * step)
+def frequencies(d_model: int, encoding: dict, double_angle: bool) -> Tensor:
+    """The frequencies the angles use, as float64 values, as csrc/sinusoidal/frequencies.h makes them: a caller's
+    inv_freq as given, or the formula evaluated by torch on the CPU, in float32 for a float32 angle with
+    frequency_rounding="float32" (what the classic module computes), else in float64 (rounded once to float32 for a
+    float32 angle). double_angle: float64 data or precise_angle."""
+    if encoding["inv_freq"] is not None:
+        given = encoding["inv_freq"]
+        return given.double() if double_angle else given.float().double()
+    count = num_frequencies(d_model, encoding["layout"])
+    if count == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    dtype = torch.float32 if not double_angle and encoding["frequency_rounding"] == "float32" else torch.float64
+    if encoding["frequencies"] == "paper":  # the classic module: div_term
+        values = torch.exp(torch.arange(0, d_model, 2).to(dtype) * -(math.log(encoding["base"]) / d_model))[:count]
+    else:  # fairseq's timescales (tensor2tensor's max(., 1) where d_model / 2 is 1)
+        min_timescale, max_timescale = encoding["min_timescale"], encoding["max_timescale"]
+        increment = math.log(max_timescale / min_timescale) / max(d_model // 2 - 1, 1)
+        values = torch.exp(torch.arange(count).to(dtype) * -increment) / min_timescale
+    return values.double() if double_angle else values.float().double()
+
+
+def pe_rows(positions: Tensor, d_model: int, dtype: torch.dtype, **encoding) -> Tensor:
+    """pe(p, :) for each position p (int64, or float64 for fractional positions), computed in `dtype` (see
+    csrc/sinusoidal/math.h for the conventions)."""
+    precise_angle = encoding["precise_angle"]
+    freqs = frequencies(d_model, encoding, precise_angle or dtype == torch.float64).to(positions.device)
     if precise_angle and dtype != torch.float64:
         angle = positions.double()[:, None] * freqs[None, :]
         turns = torch.round(angle / (2 * math.pi))  # round half to even, as rint
@@ -51,19 +56,22 @@ def pe_rows(positions: Tensor, d_model: int, dtype: torch.dtype, *, base: float 
         angle = positions.to(dtype)[:, None] * freqs.to(dtype)[None, :]
     sin, cos = torch.sin(angle), torch.cos(angle)
     rows = torch.zeros(positions.numel(), d_model, dtype=dtype, device=positions.device)
+    layout, count = encoding["layout"], freqs.numel()
     if layout == "interleaved":
         rows[:, 0::2] = sin
         rows[:, 1::2] = cos[:, : d_model // 2]
     else:  # an odd d_model's last column stays 0
-        rows[:, :num_freqs] = sin
-        rows[:, num_freqs : 2 * num_freqs] = cos
+        first, second = (sin, cos) if layout == "concatenated" else (cos, sin)
+        rows[:, :count] = first
+        rows[:, count : 2 * count] = second
     return rows
 
 
 def add_pe_values(x: Tensor, table: Tensor | None, offset: int, scale: float, options: dict, ids: Tensor | None,
                   dim: int) -> Tensor:
     """x * scale + alpha * pe(position), then dropout, for checked arguments (see checks.check_add_pe): dim is x's
-    position dimension, ids the positions (offset included) or None for offset + l."""
+    position dimension, ids the positions (offset included: int64, or float64 when fractional) or None for
+    offset + l."""
     seq_len, d_model = x.shape[dim], x.shape[-1]
     acc = acc_dtype(x.dtype)
     if ids is None:  # (seq_len,) positions along seq_dim, the same for the whole batch
@@ -95,10 +103,11 @@ def add_pe_values(x: Tensor, table: Tensor | None, offset: int, scale: float, op
 _MASK32 = 0xFFFFFFFF
 
 
-def philox4x32_10(counter: Tensor, seed: int) -> list[Tensor]:
-    """Philox4x32-10 of (counter, 0) under key seed, in int64 tensors holding uint32 values (csrc/common/philox.h)."""
+def philox4x32_10(counter: Tensor, seed: Tensor) -> list[Tensor]:
+    """Philox4x32-10 of (counter, 0) under key seed (an int64 tensor of one value, its bits read as uint64), in int64
+    tensors holding uint32 values (csrc/common/philox.h). Tensor ops only, so that tracing keeps the seed an input."""
     c = [counter & _MASK32, (counter >> 32) & _MASK32, torch.zeros_like(counter), torch.zeros_like(counter)]
-    seed &= 2**64 - 1
+    seed = seed.reshape(())
     k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
     for _ in range(10):
         p0, p1 = c[0] * 0xD2511F53, c[2] * 0xCD9E8D57  # wraps in int64, whose low 64 bits stay exact
@@ -109,7 +118,7 @@ def philox4x32_10(counter: Tensor, seed: int) -> list[Tensor]:
     return c
 
 
-def dropout_keeps(index: Tensor, p: float, seed: int) -> Tensor:
+def dropout_keeps(index: Tensor, p: float, seed: Tensor) -> Tensor:
     """Whether each element (by logical index) survives dropout with probability p under `seed`."""
     words = torch.stack(philox4x32_10(index // 4, seed))
     bits = words.gather(0, (index % 4).unsqueeze(0)).squeeze(0)

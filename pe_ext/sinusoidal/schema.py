@@ -3,6 +3,8 @@ csrc/sinusoidal/ops.h's PE_SINUSOIDAL_OPTIONS (a test checks that the compiled s
 
 from __future__ import annotations
 
+from .. import _options
+
 # (name, schema type, default), in schema order. What each means: csrc/sinusoidal/ops.h.
 OPTIONS = (
     ("base", "float", 10000.0),
@@ -10,23 +12,24 @@ OPTIONS = (
     ("frequencies", "str", "paper"),
     ("min_timescale", "float", 1.0),
     ("max_timescale", "float", 10000.0),
+    ("frequency_rounding", "str", "float32"),
+    ("inv_freq", "Tensor?", None),
     ("precise_angle", "bool", False),
     ("positions", "Tensor?", None),
     ("padding_idx", "int", -1),
     ("alpha", "Tensor?", None),
     ("dropout", "float", 0.0),
-    ("seed", "int", 0),
+    ("seed", "Tensor?", None),
 )
 DEFAULTS = {name: default for name, _, default in OPTIONS}
 # The options that define the encoding's values (the rest say where and how strongly pe is added).
-ENCODING = ("base", "layout", "frequencies", "min_timescale", "max_timescale", "precise_angle")
+ENCODING = ("base", "layout", "frequencies", "min_timescale", "max_timescale", "frequency_rounding", "inv_freq",
+            "precise_angle")
+# The options a caller's frequencies (inv_freq) replace, which must then keep their defaults.
+RECIPE = ("base", "frequencies", "min_timescale", "max_timescale", "frequency_rounding")
 
 
-def _literal(value) -> str:
-    return f'"{value}"' if isinstance(value, str) else repr(value)
-
-
-_TAIL = "".join(f", {schema_type} {name}={_literal(default)}" for name, schema_type, default in OPTIONS)
+_TAIL = _options.schema_tail(OPTIONS)
 SCHEMAS = {
     # out = x * scale + pe(offset + l) along dimension seq_dim of x; pe read from table when given, else computed.
     "add_pe": f"add_pe(Tensor x, Tensor? table=None, SymInt offset=0, float scale=1.0, int seq_dim=1, *{_TAIL}) "
@@ -44,7 +47,4 @@ SCHEMAS = {
 
 def with_defaults(**options) -> dict:
     """Every option, the given ones and the defaults of the rest; an unknown name is a TypeError."""
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise TypeError(f"pe_ext: unexpected keyword argument(s) {unknown}; the options are {list(DEFAULTS)}")
-    return {**DEFAULTS, **options}
+    return _options.with_defaults(DEFAULTS, options)

@@ -1,6 +1,6 @@
 """Gradients through every op: gradcheck in float64 (numerical differences are the independent reference), the table
-gradient against plain-torch autograd of the same sum, the module inside a model against the classic module, and the
-in-place and out= forms refusing autograd."""
+gradient against plain-torch autograd of the same sum, and the module inside a model against the classic module. The
+writing forms under autograd, forward mode and torch.func: test_transforms.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 
 import pe_ext
-from tests.sinusoidal.oracle import ClassicPositionalEncoding, oracle_add, tolerance
+from tests.sinusoidal.oracle import ClassicPositionalEncoding
 
 # (shape, batch_first, seq_dim): batch-first (B, L, D), sequence-first (L, B, D), 2-D (L, D), and an odd d_model.
 LAYOUTS = {
@@ -110,31 +110,3 @@ def test_module_inside_a_model_trains_like_the_classic_module(batch_first):
     for got, want in zip(weight_grads(ours), weight_grads(seq_first_classic)):
         torch.testing.assert_close(got, want)
     assert ours.pe.grad is None and not ours.pe.requires_grad
-
-
-def test_in_place_refuses_tensors_that_need_grad():
-    leaf = torch.randn(2, 5, 8, requires_grad=True)
-    for x, table in [(leaf, None), (leaf[:, 1:], None), (leaf.detach().clone(), torch.randn(5, 8, requires_grad=True))]:
-        with pytest.raises(RuntimeError, match=r"requires grad, but add_pe_ \(in place\) has no autograd formula"):
-            pe_ext.add_sinusoidal_pe_(x, table)
-    # Under no_grad (e.g. an inference step on a trainable tensor), or for a tensor autograd does not track, it writes
-    # x and matches the oracle.
-    atol, rtol = tolerance(torch.float32, 6, 8.0)
-    for x in (torch.randn(2, 5, 8, requires_grad=True), torch.randn(2, 5, 8)):
-        expected = oracle_add(x.detach(), offset=1, scale=2.0)
-        with torch.no_grad() if x.requires_grad else torch.enable_grad():
-            assert pe_ext.add_sinusoidal_pe_(x, offset=1, scale=2.0) is x
-        torch.testing.assert_close(x.detach().double(), expected, atol=atol, rtol=rtol)
-
-
-def test_out_refuses_tensors_that_need_grad():
-    x = torch.randn(2, 5, 8, requires_grad=True)
-    out = torch.empty(2, 5, 8)
-    with pytest.raises(RuntimeError, match=r"requires grad, but add_pe_out \(out=\) has no autograd formula"):
-        pe_ext.add_sinusoidal_pe(x, out=out)
-    with pytest.raises(RuntimeError, match=r"requires grad, but add_pe_out \(out=\) has no autograd formula"):
-        pe_ext.add_sinusoidal_pe(x.detach(), torch.randn(5, 8, requires_grad=True), out=out)
-    with torch.no_grad():
-        assert pe_ext.add_sinusoidal_pe(x, out=out) is out
-    atol, rtol = tolerance(torch.float32, 5, 4.0)
-    torch.testing.assert_close(out.double(), oracle_add(x.detach()), atol=atol, rtol=rtol)

@@ -15,7 +15,8 @@ import pe_ext
 from tests.sinusoidal.oracle import oracle_add, tolerance
 
 D_MODEL, MAX_LEN = 16, 64
-BUFFERS = ["persistent", "non_persistent", "none"]
+# The module's table modes, as its keywords.
+BUFFERS = {"persistent": {}, "non_persistent": {"persistent": False}, "none": {"buffer": "none"}}
 LENGTHS = [5, 7, 12, 30, 64]  # no 0 or 1: torch.compile specializes those sizes by design
 
 
@@ -29,10 +30,11 @@ def _fresh_dynamo():
 class Model(nn.Module):
     """Linear -> PositionalEncoding -> Linear, the smallest model that trains through the encoding."""
 
-    def __init__(self, buffer="persistent", batch_first=True):
+    def __init__(self, buffer="persistent", batch_first=True, dropout=0.0):
         super().__init__()
         self.inp = nn.Linear(8, D_MODEL)
-        self.pos = pe_ext.PositionalEncoding(D_MODEL, MAX_LEN, buffer=buffer, batch_first=batch_first, scale=4.0)
+        self.pos = pe_ext.PositionalEncoding(D_MODEL, MAX_LEN, dropout, **BUFFERS[buffer], batch_first=batch_first,
+                                             scale=4.0)
         self.out = nn.Linear(D_MODEL, 3)
 
     def forward(self, x):
@@ -65,7 +67,7 @@ class GraphRecorder:
 @pytest.mark.parametrize("buffer", BUFFERS)
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_module_compiles_in_one_graph_without_recompiling_per_length(buffer, batch_first):
-    module = pe_ext.PositionalEncoding(D_MODEL, MAX_LEN, buffer=buffer, batch_first=batch_first, scale=2.0)
+    module = pe_ext.PositionalEncoding(D_MODEL, MAX_LEN, **BUFFERS[buffer], batch_first=batch_first, scale=2.0)
     recorder = GraphRecorder()
     compiled = torch.compile(module, backend=recorder, fullgraph=True)  # fullgraph: a graph break is an error
     for seq_len in LENGTHS:
@@ -117,18 +119,48 @@ def test_training_step_through_compile_matches_eager(batch_first):
             torch.testing.assert_close(got, want)
 
 
+def seeded(seed, f, *args):
+    torch.manual_seed(seed)
+    return f(*args)
+
+
+def two_calls(seed, f, *args):
+    """Two calls in a row after torch.manual_seed(seed)."""
+    torch.manual_seed(seed)
+    return f(*args), f(*args)
+
+
+def test_training_with_dropout_compiles_in_one_graph_and_draws_a_fresh_mask_per_call():
+    """The seed is a tensor drawn in the graph (no .item(), no graph break): each call of the compiled graph draws
+    its own, and the same torch.manual_seed gives eager's masks, values and gradients."""
+    model = Model(dropout=0.5)
+    recorder = GraphRecorder()
+    compiled = torch.compile(model, backend=recorder, fullgraph=True)
+    x = make_x(12, features=8, requires_grad=True)
+    outs = two_calls(1, compiled, x)
+    assert not torch.equal(outs[0], outs[1])
+    for out, expected in zip(outs, two_calls(1, model, x)):
+        torch.testing.assert_close(out, expected, atol=0, rtol=0)
+        grads = torch.autograd.grad(out.square().sum(), (x, *model.parameters()))
+        for got, want in zip(grads, torch.autograd.grad(expected.square().sum(), (x, *model.parameters()))):
+            torch.testing.assert_close(got, want)
+    assert len(recorder.graphs) == 1 and len(pe_ext_calls(recorder.graphs[0])) == 1
+
+
 def test_inductor_forward_and_backward_match_eager():
-    """The default backend once (CPU inductor compiles take seconds): a dynamic length from the first call, so one
-    forward and one backward compile serve every length."""
-    model = Model()
+    """The default backend once (CPU inductor compiles take seconds), in training with dropout (random ops run as in
+    eager, fallback_random): a dynamic length from the first call, so one forward and one backward compile serve
+    every length."""
+    model = Model(dropout=0.3)
     counter = CompileCounterWithBackend("inductor")
     compiled = torch.compile(model, backend=counter, fullgraph=True)
     for seq_len in LENGTHS[:3]:
         x = make_x(seq_len, features=8, requires_grad=True)
         torch._dynamo.mark_dynamic(x, 1)
-        out = compiled(x)
+        with torch._inductor.config.patch(fallback_random=True):
+            out = seeded(seq_len, compiled, x)
         grads = torch.autograd.grad(out.square().sum(), (x, *model.parameters()))
-        expected_out = model(x)
+        expected_out = seeded(seq_len, model, x)
         expected = torch.autograd.grad(expected_out.square().sum(), (x, *model.parameters()))
         torch.testing.assert_close(out, expected_out)
         for got, want in zip(grads, expected):
@@ -163,6 +195,16 @@ def test_export_with_a_dynamic_sequence_dim(buffer):
             exported(make_x(MAX_LEN + 1, features=8))
 
 
+def test_export_of_a_training_module_with_dropout_draws_a_fresh_mask_per_call():
+    model = Model(dropout=0.5)
+    x = make_x(10, features=8)
+    exported = torch.export.export(model, (x,)).module()
+    outs = two_calls(1, exported, x)
+    assert not torch.equal(outs[0], outs[1])
+    for out, expected in zip(outs, two_calls(1, model, x)):
+        torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
+
 def test_exported_program_saves_and_loads():
     model = Model().eval()
     seq = torch.export.Dim("seq", max=MAX_LEN)
@@ -183,7 +225,7 @@ def test_exported_program_saves_and_loads():
 def test_cuda_graph_capture_and_replay(buffer):
     """Forward (table or on the fly), in-place add and table build captured in one graph; each replay reads the new
     contents of the static input and matches eager and the oracle."""
-    module = pe_ext.PositionalEncoding(64, max_len=256, buffer=buffer, scale=2.0).cuda()
+    module = pe_ext.PositionalEncoding(64, max_len=256, **BUFFERS[buffer], scale=2.0).cuda()
     static_x = torch.randn(4, 100, 64, device="cuda")
     static_table = torch.empty(50, 64, device="cuda")
 

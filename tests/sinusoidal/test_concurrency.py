@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import threading
 
 import pytest
@@ -64,6 +65,39 @@ def test_concurrent_calls_each_get_their_own_answer():
         for k, (out, expected, atol, rtol) in enumerate(results[t]):
             torch.testing.assert_close(out.double(), expected, atol=atol, rtol=rtol,
                                        msg=lambda m, t=t, k=k: f"thread {t}, call {k}: {m}")
+
+
+def test_threads_sharing_a_growing_module():
+    """Threads whose calls each need a longer table than the last: the table grows while others read it, with no
+    spurious "need N table rows" error and no torn read (every result matches the oracle). A tiny switch interval
+    makes threads interleave inside the growth."""
+    module = pe_ext.PositionalEncoding(64, max_len=2, grow=True)
+    barrier = threading.Barrier(THREADS)
+    errors = []
+
+    def worker(t):
+        try:
+            barrier.wait()
+            for step in range(1, 40):
+                x = torch.randn(1, 1 + t % 2, 64)
+                offset = step * 40 + t
+                atol, rtol = tolerance(torch.float32, offset + 2, 4.0)
+                torch.testing.assert_close(module(x, offset).double(), oracle_add(x, offset), atol=atol, rtol=rtol)
+        except Exception as error:  # noqa: BLE001 (any failure is reported below, with its thread)
+            errors.append((t, error))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[:3]
+    assert module.max_len == module.pe.shape[1] >= 39 * 40 + THREADS
 
 
 def resident_mib() -> float:

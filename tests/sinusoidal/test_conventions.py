@@ -92,8 +92,8 @@ def test_default_angle_sin_and_cos_are_within_two_ulps_at_any_position(impl, sta
     x = torch.zeros(1, length, d_model)
     out = impl(x, None, start, 1.0, 10000.0, 1)[0].double()
     positions = torch.tensor([start + l for l in range(length)], dtype=torch.float64)
-    freqs = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float64) * -(math.log(10000.0) / d_model))
-    angles = (positions.float()[:, None] * freqs.float()[None, :]).double()  # the classic float32 product
+    freqs = torch.exp(torch.arange(0, d_model, 2).float() * -(math.log(10000.0) / d_model))  # the classic div_term
+    angles = (positions.float()[:, None] * freqs[None, :]).double()  # the classic float32 product
     truth = torch.stack([angles.sin(), angles.cos()], dim=-1).reshape(length, d_model)
     torch.testing.assert_close(out, truth, atol=1.2e-7, rtol=0)  # 2 ulps of values in [0.5, 1)
 

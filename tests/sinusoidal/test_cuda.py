@@ -8,7 +8,15 @@ import torch
 import pe_ext
 from tests.helpers import DTYPES, LAYOUTS, make_x
 from tests.sinusoidal.impls import ENCODINGS, check
-from tests.sinusoidal.oracle import ClassicPositionalEncoding, oracle_add, oracle_encoding, oracle_pe, tolerance
+from tests.sinusoidal.oracle import (
+    ClassicPositionalEncoding,
+    classic_div_term,
+    float32_ulps,
+    oracle_add,
+    oracle_encoding,
+    oracle_pe,
+    tolerance,
+)
 
 pytestmark = pytest.mark.cuda
 
@@ -109,8 +117,8 @@ def test_module_moved_to_cuda():
     module.load_state_dict(classic.state_dict())
     x = torch.randn(8, 512, 64, device="cuda")
     assert torch.equal(module(x), classic(x))
-    for buffer in ("non_persistent", "none"):
-        moved = pe_ext.PositionalEncoding(64, max_len=512, buffer=buffer).to("cuda").to(torch.bfloat16)
+    for buffer in ({"persistent": False}, {"buffer": "none"}):
+        moved = pe_ext.PositionalEncoding(64, max_len=512, **buffer).to("cuda").to(torch.bfloat16)
         xb = x.to(torch.bfloat16)
         atol, rtol = tolerance(torch.bfloat16, 512, 4.0)
         out = moved(xb)
@@ -172,3 +180,35 @@ def test_cuda_gradients_of_table_and_alpha():
     ids = torch.tensor([[2, 2, 0, 9, 1], [1, 3, 4, 5, 6], [0, 0, 0, 1, 1]], device="cuda")
     assert torch.autograd.gradcheck(lambda x, t, a: pe_ext.add_sinusoidal_pe(
         x, t, scale=1.5, alpha=a, positions=ids, padding_idx=3), (x, table, alpha))
+
+
+# CUDA's sinf/cosf are within 2 ulps (CUDA C Programming Guide, mathematical functions), torch's CPU sin/cos (Sleef,
+# which built the classic module) within 1, pe_ext's CPU polynomials within 0.501: with the same float32 angles, the
+# values differ by at most the sum.
+CUDA_SIN_COS_ULPS = 3
+
+
+@pytest.mark.parametrize("d_model,max_len", [(2, 131_072), (64, 32_768), (1000, 2048), (8192, 256)])
+def test_cuda_values_equal_the_classic_module(d_model, max_len):
+    """The classic module is built by torch on the CPU (as users build it) and moved; pe_ext's table built on the GPU
+    and its on-the-fly values there take the same float32 frequencies and angles."""
+    classic = ClassicPositionalEncoding(d_model, max_len).pe[0]
+    table = pe_ext.sinusoidal_table(max_len, d_model, device="cuda").cpu()
+    on_the_fly = torch.ops.pe_ext.add_pe(torch.zeros(1, max_len, d_model, device="cuda"), None, 0, 1.0, 1)[0].cpu()
+    assert float32_ulps(table, classic).max() <= CUDA_SIN_COS_ULPS
+    assert float32_ulps(on_the_fly, classic).max() <= CUDA_SIN_COS_ULPS
+
+
+@pytest.mark.parametrize("keywords", [{}, {"layout": "concatenated_cos_first"}, {"frequency_rounding": "correct"},
+                                      {"inv_freq": classic_div_term(128) * 1.5}, {"precise_angle": True}],
+                         ids=["default", "cos_first", "correct", "inv_freq", "precise"])
+@pytest.mark.parametrize("kind", ["fractional", "ids"])
+def test_cuda_fractional_negative_positions_and_options_match_cpu(keywords, kind):
+    gen = torch.Generator().manual_seed(3)
+    positions = (torch.rand(4, 64, generator=gen) - 0.5) * 4000
+    positions = positions if kind == "fractional" else positions.long()
+    x = torch.zeros(4, 64, 128)
+    cpu = torch.ops.pe_ext.add_pe(x, None, -20, 1.0, 1, positions=positions, **keywords)
+    on_gpu = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in keywords.items()}
+    cuda = torch.ops.pe_ext.add_pe(x.cuda(), None, -20, 1.0, 1, positions=positions.cuda(), **on_gpu).cpu()
+    assert float32_ulps(cuda, cpu).max() <= CUDA_SIN_COS_ULPS

@@ -109,7 +109,7 @@ def test_ddp_training_matches_single_process_training(tmp_path):
             torch.testing.assert_close(trained[name], expected[name], msg=f"rank {rank}, {name}")
 
 
-SP_CONFIGS = [(buffer, batch_first) for buffer in ("persistent", "none") for batch_first in (True, False)]
+SP_CONFIGS = [(buffer, batch_first) for buffer in ("table", "none") for batch_first in (True, False)]
 
 
 def make_sequence_input(batch_first):

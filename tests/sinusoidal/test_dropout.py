@@ -18,7 +18,7 @@ from tests.sinusoidal.oracle import oracle_add, tolerance
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_statistics_and_kept_values(impl, p):
     x = torch.randn(8, 64, 96)
-    out = impl(x, None, 0, 2.0, 10000.0, 1, dropout=p, seed=7)
+    out = impl(x, None, 0, 2.0, 10000.0, 1, dropout=p, seed=torch.tensor(7))
     dropped = (out == 0).double().mean().item()
     n = out.numel()
     assert abs(dropped - p) < 4 * math.sqrt(p * (1 - p) / n)  # 4 sigma of a binomial fraction
@@ -38,8 +38,9 @@ def test_every_implementation_draws_the_same_mask(impl, shape, seq_dim, layout, 
     x = torch.randn(shape).to(dtype)
     if layout == "strided":
         x = torch.randn(*shape[:-1], 2 * shape[-1]).to(dtype)[..., ::2]
-    reference = pe_ext.sinusoidal.fallback.add_pe(x, None, 3, 1.0, seq_dim, dropout=0.25, seed=2**40 + 11)
-    out = impl(x, None, 3, 1.0, 10000.0, seq_dim, dropout=0.25, seed=2**40 + 11)
+    seed = torch.tensor(2**40 + 11)
+    reference = pe_ext.sinusoidal.fallback.add_pe(x, None, 3, 1.0, seq_dim, dropout=0.25, seed=seed)
+    out = impl(x, None, 3, 1.0, 10000.0, seq_dim, dropout=0.25, seed=seed)
     assert torch.equal(out == 0, reference == 0)
     atol, rtol = tolerance(dtype, 20, 6.0)
     torch.testing.assert_close(out.double(), reference.double(), atol=atol, rtol=rtol)
@@ -65,13 +66,14 @@ def test_philox_oracle_reproduces_random123_known_answers():
 
 
 @pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
-@pytest.mark.parametrize("p", [0.3, 1 - 2**-24, 2**-30])
-def test_mask_follows_the_philox_oracle(impl, p):
-    """Element with logical index i is kept iff (word i % 4 of Philox(counter i // 4, key seed)) >> 8 >= p * 2^24."""
-    seed = 2**40 + 977
+@pytest.mark.parametrize("p,seed", [(0.3, 2**40 + 977), (1 - 2**-24, 2**40 + 977), (2**-30, 2**40 + 977),
+                                    (0.3, -(2**62) - 5)])
+def test_mask_follows_the_philox_oracle(impl, p, seed):
+    """Element with logical index i is kept iff (word i % 4 of Philox(counter i // 4, key seed)) >> 8 >= p * 2^24;
+    the seed tensor's int64 bits are the uint64 key (a negative seed has its top bit set)."""
     x = torch.randn(3, 7, 13)  # rows of 13: a row's first index is rarely a multiple of 4
-    out = impl(x, None, 0, 1.0, 10000.0, 1, dropout=p, seed=seed)
-    key = (seed & 0xFFFFFFFF, seed >> 32)
+    out = impl(x, None, 0, 1.0, 10000.0, 1, dropout=p, seed=torch.tensor(seed))
+    key = (seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF)
     expected = [(philox4x32_10((i // 4, 0, 0, 0), key)[i % 4] >> 8) / 2**24 >= p for i in range(x.numel())]
     assert (out != 0).flatten().tolist() == expected
 
@@ -90,7 +92,7 @@ def test_backward_regenerates_the_mask():
     x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
     table = pe_ext.sinusoidal_table(10, 8, dtype=torch.float64).requires_grad_()
     alpha = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
-    f = lambda x, t, a: torch.ops.pe_ext.add_pe(x, t, 1, 1.5, 1, alpha=a, dropout=0.4, seed=5)
+    f = lambda x, t, a: torch.ops.pe_ext.add_pe(x, t, 1, 1.5, 1, alpha=a, dropout=0.4, seed=torch.tensor(5))
     assert torch.autograd.gradcheck(f, (x, table, alpha))
     out = f(x, table, alpha)
     out.sum().backward()
@@ -115,6 +117,42 @@ def test_cuda_draws_the_cpu_mask(dtype):
     x = torch.randn(6, 100, 72).to(dtype)
     for shape_x in (x, x.transpose(0, 1)):
         seq_dim = 1 if shape_x is x else 0
-        cpu = torch.ops.pe_ext.add_pe(shape_x, None, 0, 1.0, seq_dim, dropout=0.2, seed=123)
-        cuda = torch.ops.pe_ext.add_pe(shape_x.cuda(), None, 0, 1.0, seq_dim, dropout=0.2, seed=123).cpu()
+        cpu = torch.ops.pe_ext.add_pe(shape_x, None, 0, 1.0, seq_dim, dropout=0.2, seed=torch.tensor(123))
+        cuda = torch.ops.pe_ext.add_pe(shape_x.cuda(), None, 0, 1.0, seq_dim, dropout=0.2, seed=torch.tensor(123)).cpu()
         assert torch.equal(cuda == 0, cpu == 0)
+
+
+@pytest.mark.cuda
+def test_cuda_seed_on_the_device_gives_the_cpu_seeds_mask():
+    """A seed tensor on the GPU is read by the kernel itself (what CUDA graph replays rely on)."""
+    x = torch.randn(4, 50, 72)
+    cpu = torch.ops.pe_ext.add_pe(x, None, 0, 1.0, 1, dropout=0.3, seed=torch.tensor(-(2**62) - 5))
+    cuda = torch.ops.pe_ext.add_pe(x.cuda(), None, 0, 1.0, 1, dropout=0.3,
+                                   seed=torch.tensor(-(2**62) - 5, device="cuda")).cpu()
+    assert torch.equal(cuda == 0, cpu == 0)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_replays_of_a_training_module_draw_fresh_masks():
+    """Under capture the module draws its seed on the GPU (graph-safe RNG), so each replay has its own mask; the
+    kept values are eval()'s scaled by 1 / (1 - p)."""
+    module = pe_ext.PositionalEncoding(64, max_len=128, dropout=0.5).cuda()
+    static_x = torch.randn(4, 100, 64, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        module(static_x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = module(static_x)
+    masks = []
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        masks.append(static_out == 0)
+        kept = static_out != 0
+        expected = module.eval()(static_x) / 0.5
+        module.train()
+        torch.testing.assert_close(static_out[kept], expected[kept])
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])

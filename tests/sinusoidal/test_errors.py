@@ -42,6 +42,11 @@ def leaf_requiring_grad(*shape):
     return torch.randn(*shape, requires_grad=True)
 
 
+def inference(t):
+    with torch.inference_mode():
+        return t.clone()
+
+
 def x_viewing_table():
     t = torch.randn(16, 8)
     return t[:5], t  # x is the first rows of the table
@@ -53,7 +58,7 @@ def row(op, make, error, match, id):
 
 # (op, arguments (made fresh for each call), exception type, message pattern). Arguments are listed as
 # add_pe/add_pe_(x, table, offset, scale, base, seq_dim), add_pe_out(..., out), fill_table_(out, offset, base);
-# call_op passes base as the keyword the schemas make it.
+# call_op passes base as the keyword the schemas make it, and a trailing dict as further keywords.
 OP_ROWS = [
     # rank
     row("add_pe", lambda: (torch.randn(8), None, 0, 1.0, BASE, 0), ValueError, r"x must be 2-D.*got a 1-D", "x_1d"),
@@ -109,16 +114,53 @@ OP_ROWS = [
         r"need 6 table rows, but the table has 5", "table_short_out_seq_first"),
     row("add_pe_", lambda: (x3(2, 5, 8), table(rows=5), I64 - 5, 1.0, BASE, 1), ValueError,
         r"need 9223372036854775807 table rows, but the table has 5", "table_short_huge_offset"),
-    # offsets
-    row("add_pe", lambda: (x3(), None, -1, 1.0, BASE, 1), ValueError, r"offset must be >= 0, got -1", "offset_neg"),
-    row("add_pe_", lambda: (x3(), None, -(2**63), 1.0, BASE, 1), ValueError, r"offset must be >= 0", "offset_min"),
+    # offsets: negative ones are computed on the fly, and index no table row
+    row("add_pe", lambda: (x3(), table(), -1, 1.0, BASE, 1), ValueError,
+        r"table rows start at position 0, but the call uses position -1 \(offset \+ positions\)", "offset_neg_table"),
+    row("add_pe_", lambda: (x3(), table(), -(2**63), 1.0, BASE, 1), ValueError,
+        r"uses position -9223372036854775808", "offset_min_table"),
     row("add_pe_", lambda: (x3(), None, I64, 1.0, BASE, 1), ValueError,
         r"offset \(9223372036854775807\) \+ seq_len \(5\) overflows int64", "offset_max"),
     row("add_pe_out", lambda: (x3(), None, I64 - 4, 1.0, BASE, 1, x3()), ValueError,
         r"offset \(9223372036854775803\) \+ seq_len \(5\) overflows int64", "offset_overflow_by_one"),
-    row("fill_table_", lambda: (torch.zeros(4, 8), -3, BASE), ValueError, r"offset must be >= 0", "fill_offset_neg"),
     row("fill_table_", lambda: (torch.zeros(4, 8), I64 - 2, BASE), ValueError, r"offset .* overflows int64",
         "fill_offset_overflow"),
+    # positions: negative, fractional or non-finite ones against a table, overflowing sums
+    row("add_pe", lambda: (x3(), table(), 2, 1.0, BASE, 1, {"positions": torch.tensor([0, 1, -3, 4, 5])}), ValueError,
+        r"table rows start at position 0, but the call uses position -1", "positions_neg_table"),
+    row("add_pe_", lambda: (x3(), table(), 0, 1.0, BASE, 1, {"positions": torch.rand(5)}), ValueError,
+        r"fractional \(floating-point\) positions index no table row", "positions_fractional_table"),
+    row("add_pe", lambda: (x3(), None, 0, 1.0, BASE, 1, {"positions": torch.tensor([0.5, float("nan"), 1, 2, 3])}),
+        ValueError, r"positions must be finite", "positions_nan"),
+    row("fill_table_", lambda: (torch.zeros(2, 8), 0, BASE, {"positions": torch.tensor([1.0, float("inf")])}),
+        ValueError, r"positions must be finite", "fill_positions_inf"),
+    row("add_pe", lambda: (x3(), None, 0, 1.0, BASE, 1, {"positions": torch.zeros(5, dtype=torch.int16)}), TypeError,
+        r"positions must be an int64 or int32 tensor \(ids\), or a float32", "positions_int16"),
+    row("add_pe", lambda: (x3(), None, -5, 1.0, BASE, 1, {"positions": torch.tensor([0, 1, 2, 3, -(2**63)])}),
+        ValueError, r"offset \(-5\) \+ positions \(-9223372036854775808\) overflows int64", "positions_underflow"),
+    row("add_pe", lambda: (x3(), None, 5, 1.0, BASE, 1, {"positions": torch.tensor([0, 1, 2, 3, I64 - 5])}),
+        ValueError, r"offset \(5\) \+ positions \(9223372036854775802\) overflows int64", "positions_overflow"),
+    row("fill_table_", lambda: (torch.zeros(2, 8), 0, BASE, {"positions": torch.tensor([0, I64])}), ValueError,
+        r"offset \(0\) \+ positions \(9223372036854775807\) overflows int64", "fill_positions_int64_max"),
+    # frequencies given as a tensor (inv_freq)
+    row("add_pe", lambda: (x3(), None, 0, 1.0, BASE, 1, {"inv_freq": torch.ones(5)}), ValueError,
+        r"inv_freq must have shape \(4,\) \(one frequency per sin/cos pair of d_model 8", "inv_freq_length"),
+    row("fill_table_", lambda: (torch.zeros(4, 8), 0, BASE, {"inv_freq": torch.ones(1, 4)}), ValueError,
+        r"inv_freq must have shape \(4,\)", "fill_inv_freq_2d"),
+    row("add_pe_", lambda: (x3(), None, 0, 1.0, BASE, 1, {"inv_freq": torch.ones(4, dtype=torch.int64)}), TypeError,
+        r"inv_freq must be float32, float64, float16 or bfloat16, got", "inv_freq_int"),
+    row("add_pe", lambda: (x3(), None, 0, 1.0, 500.0, 1, {"inv_freq": torch.ones(4)}), ValueError,
+        r"inv_freq gives the frequencies, so base, frequencies, .* must keep their defaults", "inv_freq_and_base"),
+    row("add_pe", lambda: (x3(), None, 0, 1.0, BASE, 1, {"inv_freq": torch.ones(4), "frequency_rounding": "correct"}),
+        ValueError, r"inv_freq gives the frequencies", "inv_freq_and_rounding"),
+    row("add_pe", lambda: (x3(), None, 0, 1.0, BASE, 1, {"inv_freq": torch.ones(4, device="meta")}), ValueError,
+        r"inv_freq is on meta but x is on cpu", "inv_freq_meta_x_cpu"),
+    row("add_pe_", lambda: (x3(), None, 0, 1.0, BASE, 1, {"inv_freq": torch.ones(4, requires_grad=True)}),
+        RuntimeError, r"inv_freq requires grad, but pe_ext does not differentiate", "inv_freq_requires_grad"),
+    row("add_pe", lambda: (x3(), None, 0, 1.0, BASE, 1, {"frequency_rounding": "exact"}), ValueError,
+        r"frequency_rounding must be 'float32' or 'correct', got 'exact'", "frequency_rounding"),
+    row("fill_table_", lambda: (torch.zeros(4, 8), 0, BASE, {"layout": "cos_first"}), ValueError,
+        r"layout must be 'interleaved', 'concatenated' or 'concatenated_cos_first', got 'cos_first'", "fill_layout"),
     # base, scale, seq_dim
     *[row(op, lambda base=base: (x3(), None, 0, 1.0, base, 1), ValueError,
           r"base must be a positive finite number", f"{op}_base_{base}")
@@ -134,21 +176,29 @@ OP_ROWS = [
           r"seq_dim must index a dimension of x other than the last", f"seq_dim_{seq_dim}_of_{len(shape)}d")
       for shape, seq_dim in [((2, 5, 8), 2), ((2, 5, 8), -1), ((2, 5, 8), 3), ((2, 5, 8), -4), ((5, 8), 1),
                              ((5, 8), -3)]],
-    # writing into tensors autograd tracks
-    row("add_pe_", lambda: (leaf_requiring_grad(2, 5, 8), None, 0, 1.0, BASE, 1), RuntimeError,
-        r"x requires grad, but add_pe_ \(in place\) has no autograd formula", "inplace_leaf_requires_grad"),
-    row("add_pe_", lambda: (leaf_requiring_grad(2, 5, 8) * 2, None, 0, 1.0, BASE, 1), RuntimeError,
-        r"x requires grad", "inplace_nonleaf_requires_grad"),
-    row("add_pe_", lambda: (x3(), table().requires_grad_(), 0, 1.0, BASE, 1), RuntimeError,
-        r"table requires grad, but add_pe_", "inplace_table_requires_grad"),
+    # out= into tensors autograd tracks (the in-place forms follow torch's in-place rules: test_transforms.py)
     row("add_pe_out", lambda: (leaf_requiring_grad(2, 5, 8), None, 0, 1.0, BASE, 1, x3()), RuntimeError,
-        r"x requires grad, but add_pe_out \(out=\)", "out_x_requires_grad"),
+        r"x requires grad, but pe_ext::add_pe_out \(out=\) has no autograd formula", "out_x_requires_grad"),
     row("add_pe_out", lambda: (x3(), table().requires_grad_(), 0, 1.0, BASE, 1, x3()), RuntimeError,
-        r"table requires grad, but add_pe_out", "out_table_requires_grad"),
+        r"table requires grad, but pe_ext::add_pe_out", "out_table_requires_grad"),
     row("add_pe_out", lambda: (x3(), None, 0, 1.0, BASE, 1, leaf_requiring_grad(2, 5, 8)), RuntimeError,
-        r"out requires grad, but add_pe_out", "out_requires_grad"),
-    row("fill_table_", lambda: (leaf_requiring_grad(4, 8), 0, BASE), RuntimeError,
-        r"out requires grad, but fill_table_", "fill_out_requires_grad"),
+        r"out requires grad, but pe_ext::add_pe_out", "out_requires_grad"),
+    # writing into inference tensors outside inference mode
+    row("add_pe_", lambda: (inference(x3()), None, 0, 1.0, BASE, 1), RuntimeError,
+        r"x is an inference tensor \(made under torch.inference_mode\(\)\)", "inplace_inference"),
+    row("add_pe_out", lambda: (x3(), None, 0, 1.0, BASE, 1, inference(x3())), RuntimeError,
+        r"out is an inference tensor", "out_inference"),
+    row("fill_table_", lambda: (inference(torch.zeros(4, 8)), 0, BASE), RuntimeError, r"out is an inference tensor",
+        "fill_inference"),
+    # dropout's seed
+    row("add_pe", lambda: (x3(), None, 0, 1.0, BASE, 1, {"dropout": 0.1}), ValueError,
+        r"dropout > 0 needs seed, a one-element int64 tensor", "dropout_without_seed"),
+    row("add_pe_", lambda: (x3(), None, 0, 1.0, BASE, 1, {"dropout": 0.1, "seed": torch.tensor(3, dtype=torch.int32)}),
+        TypeError, r"seed must be an int64 tensor, got", "seed_int32"),
+    row("fill_table_", lambda: (torch.zeros(4, 8), 0, BASE, {"dropout": 0.1, "seed": torch.tensor([1, 2])}),
+        ValueError, r"seed must hold one value, got shape \[2\]", "seed_two_values"),
+    row("add_pe", lambda: (x3(), None, 0, 1.0, BASE, 1, {"dropout": 0.1, "seed": torch.tensor(3, device="meta")}),
+        ValueError, r"seed is on meta but must be on the CPU or on x's device \(cpu\)", "seed_meta_x_cpu"),
     # writing into tensors whose elements share memory, or that share memory with what is read
     row("add_pe_", lambda: (x3(1, 5, 8).expand(3, 5, 8), None, 0, 1.0, BASE, 1), ValueError,
         r"x has elements that share memory \(an expanded or overlapping view\)", "inplace_expanded_batch"),
@@ -198,13 +248,15 @@ IMPLS = {"extension": lambda op: getattr(torch.ops.pe_ext, op),
 
 
 def call_op(fn, op):
-    """fn called with OP_ROWS' argument lists, base moved to its keyword."""
+    """fn called with OP_ROWS' argument lists, base moved to its keyword; a trailing dict holds other keywords."""
     def call(*args):
+        options = args[-1] if isinstance(args[-1], dict) else {}
+        args = args[:-1] if options else args
         if op == "fill_table_":
             out, offset, base = args
-            return fn(out, offset, base=base)
+            return fn(out, offset, base=base, **options)
         x, table, offset, scale, base, seq_dim, *out = args
-        return fn(x, table, offset, scale, seq_dim, *out, base=base)
+        return fn(x, table, offset, scale, seq_dim, *out, base=base, **options)
 
     return call
 
@@ -217,15 +269,16 @@ def test_op_refuses_bad_input(impl, op, make, error, match):
 
 # The public functions and the module: what they check before (or instead of) the ops.
 PUBLIC_ROWS = [
-    row(lambda: pe_ext.PositionalEncoding(0), lambda: (), ValueError, r"d_model must be > 0, got 0",
+    row(lambda: pe_ext.PositionalEncoding(0), lambda: (), ValueError, r"d_model must be an int >= 1, got 0",
         "module_d_model_0"),
-    row(lambda: pe_ext.PositionalEncoding(-8), lambda: (), ValueError, r"d_model must be > 0", "module_d_model_neg"),
-    row(lambda: pe_ext.PositionalEncoding(8, max_len=-1), lambda: (), ValueError, r"max_len.* must be >= 0, got -1",
+    row(lambda: pe_ext.PositionalEncoding(-8), lambda: (), ValueError, r"d_model must be an int >= 1",
+        "module_d_model_neg"),
+    row(lambda: pe_ext.PositionalEncoding(8, max_len=-1), lambda: (), ValueError, r"max_len must be an int >= 1, got -1",
         "module_max_len_neg"),
     *[row(lambda base=base, buffer=buffer: pe_ext.PositionalEncoding(8, 16, base=base, buffer=buffer), lambda: (), ValueError,
-          r"base must be a positive finite number", f"module_base_{base}_{buffer}")
+          r"base must be (a positive )?finite", f"module_base_{base}_{buffer}")
       for base in (0.0, -1.0, float("nan"), float("inf"))
-      for buffer in ("persistent", "none")],
+      for buffer in ("table", "none")],
     *[row(lambda dropout=dropout: pe_ext.PositionalEncoding(8, 16, dropout=dropout), lambda: (), ValueError,
           r"dropout must be in \[0, 1\)", f"module_dropout_{dropout}")
       for dropout in (-0.1, 1.0, 1.5, float("nan"), float("inf"))],
@@ -239,20 +292,26 @@ PUBLIC_ROWS = [
       for base in (0.0, -1.0, float("nan"), float("inf"))],
     row(lambda: pe_ext.sinusoidal_table(4, 8, dtype=torch.int32), lambda: (), TypeError,
         r"dtype must be float32, float64, float16 or bfloat16", "table_dtype_int"),
-    row(lambda: pe_ext.sinusoidal_table(4, 8, offset=-1), lambda: (), ValueError, r"offset must be >= 0",
-        "table_offset_neg"),
     row(lambda: pe_ext.sinusoidal_table(4, 8, offset=2**63), lambda: (), ValueError, r"offset .*fit in int64",
         "table_offset_2_63"),
     row(lambda: pe_ext.sinusoidal_table(4, 8, base=BASE, device="meta", offset=I64), lambda: (), ValueError,
         r"offset .* overflows int64", "table_meta_offset_overflow"),
     row(lambda x: pe_ext.add_sinusoidal_pe(x, offset=2**63), lambda: (x3(),), ValueError,
-        r"offset must be >= 0 and fit in int64, got 9223372036854775808", "fn_offset_2_63"),
+        r"offset must fit in int64, got 9223372036854775808", "fn_offset_2_63"),
     row(lambda x: pe_ext.add_sinusoidal_pe_(x, offset=-(2**70)), lambda: (x3(),), ValueError,
-        r"offset must be >= 0", "fn_inplace_offset_below_int64"),
-    row(lambda x: pe_ext.add_sinusoidal_pe_(x), lambda: (leaf_requiring_grad(2, 5, 8),), RuntimeError,
-        r"x requires grad, but add_pe_ \(in place\)", "fn_inplace_requires_grad"),
+        r"offset must fit in int64", "fn_inplace_offset_below_int64"),
+    row(lambda x, f: pe_ext.add_sinusoidal_pe(x, frequencies=f, inv_freq=f), lambda: (x3(), torch.ones(4)),
+        ValueError, r"frequencies=tensor or inv_freq=tensor, not both", "fn_frequencies_twice"),
+    row(lambda: pe_ext.PositionalEncoding(8, 16, persistent="no"), lambda: (), TypeError,
+        r"persistent must be", "module_persistent"),
+    row(lambda: pe_ext.PositionalEncoding(8, 16, frequencies=torch.ones(3)), lambda: (), ValueError,
+        r"inv_freq must have shape \(4,\)", "module_frequencies_length"),
     row(lambda x, out: pe_ext.add_sinusoidal_pe(x, out=out), lambda: (leaf_requiring_grad(2, 5, 8), x3()),
-        RuntimeError, r"x requires grad, but add_pe_out \(out=\)", "fn_out_requires_grad"),
+        RuntimeError, r"x requires grad, but pe_ext::add_pe_out \(out=\)", "fn_out_requires_grad"),
+    row(lambda x: pe_ext.add_sinusoidal_pe(x, scale=torch.nn.Parameter(torch.tensor(2.0))), lambda: (x3(),),
+        TypeError, r"scale must be a number, got a Tensor .* pass alpha=", "fn_scale_tensor"),
+    row(lambda x: pe_ext.add_sinusoidal_pe_(x, scale=torch.tensor(2.0)), lambda: (x3(),), TypeError,
+        r"scale must be a number, got a Tensor", "fn_inplace_scale_tensor"),
     row(lambda x, t: pe_ext.add_sinusoidal_pe_(x, t), lambda: (x3(), table(dtype=torch.float64)), TypeError,
         r"table must be float32 or x's dtype", "fn_inplace_table_dtype"),
     row(lambda x: pe_ext.PositionalEncoding(8, 16)(x), lambda: (x3(2, 5, 16),), ValueError,
@@ -268,9 +327,14 @@ PUBLIC_ROWS = [
     row(lambda x: pe_ext.PositionalEncoding(8, 16)(x, offset=12), lambda: (x3(),), ValueError,
         r"offset 12 needs 17 positions, more than max_len=16", "module_past_max_len"),
     row(lambda x: pe_ext.PositionalEncoding(8, 16, buffer="none")(x, offset=2**63), lambda: (x3(),), ValueError,
-        r"offset must be >= 0 and fit in int64", "module_offset_2_63"),
-    row(lambda x: pe_ext.PositionalEncoding(8, 16, buffer="none")(x, offset=-1), lambda: (x3(),), ValueError,
-        r"offset must be >= 0, got -1", "module_offset_neg"),
+        r"offset must fit in int64", "module_offset_2_63"),
+    row(lambda x: pe_ext.PositionalEncoding(8, 16)(x, offset=-1), lambda: (x3(),), ValueError,
+        r"table rows start at position 0, but the call uses position -1", "module_offset_neg_table"),
+    row(lambda: pe_ext.PositionalEncoding(8, 16).load_state_dict({"pe": torch.zeros(1, 20, 6)}), lambda: (), ValueError,
+        r"the checkpoint's pe has width 6 \(its last dimension\), but this module's d_model is 8", "load_width"),
+    row(lambda: pe_ext.PositionalEncoding(8, 16).load_state_dict({"pe": torch.zeros(2, 20, 8)}), lambda: (), ValueError,
+        r"a checkpoint's pe must have shape \(1, max_len, d_model\), \(max_len, 1, d_model\), \(max_len, d_model\); "
+        r"got \[2, 20, 8\]", "load_shape"),
 ]
 
 

@@ -9,7 +9,7 @@ import torch
 
 import pe_ext
 from tests.sinusoidal.oracle import (
-    ClassicPositionalEncoding,
+    EspnetPositionalEncoding,
     fairseq_sinusoidal_embedding,
     oracle_add,
     oracle_pe,
@@ -29,22 +29,61 @@ def test_grow_on_demand_keeps_dtype_and_device():
     assert module.max_len == 50  # doubles, or as many as needed
 
 
-def test_scaled_positional_encoding_is_espnets_and_learns_alpha():
+@pytest.mark.parametrize("form", ["positions", "start_positions"])
+def test_grow_follows_explicit_positions(form):
+    """KV-cache decoding past max_len: the table grows to the largest position asked for; without grow, the op
+    refuses positions past the table."""
+    starts = torch.tensor([4, 20])
+    ids = starts[:, None] + torch.arange(3)
+    kwargs = {"positions": ids} if form == "positions" else {"start_positions": starts}
+    x = torch.randn(2, 3, 8)
+    with pytest.raises(ValueError, match=r"positions up to 23 need 24 table rows, but the table has 10"):
+        pe_ext.PositionalEncoding(8, max_len=10)(x, offset=1, **kwargs)
+    module = pe_ext.PositionalEncoding(8, max_len=10, grow=True)
+    out = module(x, offset=1, **kwargs)
+    assert module.max_len == 24 and module.pe.shape == (1, 24, 8)
+    atol, rtol = tolerance(torch.float32, 24, 4.0)
+    expected = x.double() + oracle_pe((ids + 1).reshape(-1), 8).reshape(2, 3, 8)
+    torch.testing.assert_close(out.double(), expected, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("length", [40, 100])  # within max_len, and past it (both tables grow)
+def test_espnets_layers_and_their_gradients(length):
+    """ESPnet's ScaledPositionalEncoding is x + alpha * pe (x unscaled), its PositionalEncoding x * sqrt(d_model) +
+    pe: pe_ext's ScaledPositionalEncoding and PositionalEncoding(scale=sqrt(d_model)) against ESPnet's code."""
     d_model = 32
-    ours = pe_ext.ScaledPositionalEncoding(d_model, max_len=64, alpha=0.5)
-    classic = ClassicPositionalEncoding(d_model, 64)
-    ours.load_state_dict({"pe": classic.pe, "alpha": torch.tensor(0.5)})
-    x = torch.randn(3, 40, d_model, requires_grad=True)
-    out = ours(x)
-    # ESPnet: x * self.xscale + self.alpha * self.pe[:, : x.size(1)]
-    expected = x.detach() * math.sqrt(d_model) + 0.5 * classic.pe[:, :40]
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-6)
-    grad = torch.randn_like(out)
-    out.backward(grad)
-    torch.testing.assert_close(ours.alpha.grad, (grad * classic.pe[:, :40]).sum(), atol=1e-3, rtol=1e-5)
-    torch.testing.assert_close(x.grad, grad * math.sqrt(d_model))
+    x = torch.randn(3, length, d_model, requires_grad=True)
+    for ours, espnet in [(pe_ext.ScaledPositionalEncoding(d_model, max_len=64, alpha=0.5),
+                          EspnetPositionalEncoding(d_model, 0.0, max_len=64, scaled=True)),
+                         (pe_ext.PositionalEncoding(d_model, max_len=64, scale=math.sqrt(d_model), grow=True),
+                          EspnetPositionalEncoding(d_model, 0.0, max_len=64))]:
+        if espnet.scaled:
+            with torch.no_grad():
+                espnet.alpha.fill_(0.5)
+        out, expected = ours(x), espnet(x)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-6)
+        upstream = torch.randn_like(out)
+        params = [p for p in (getattr(ours, "alpha", None),) if p is not None]
+        espnet_params = [espnet.alpha] if espnet.scaled else []
+        for got, want in zip(torch.autograd.grad(out, (x, *params), upstream),
+                             torch.autograd.grad(expected, (x, *espnet_params), upstream)):
+            torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-5)
+
+
+def test_scaled_positional_encoding_state_dict_is_espnets():
+    """alpha alone, loaded both ways; ESPnet's legacy checkpoints (v0.5.2 and before) also saved pe, which ESPnet
+    drops on load, and so does pe_ext."""
+    ours, espnet = pe_ext.ScaledPositionalEncoding(16, max_len=20), EspnetPositionalEncoding(16, 0.1, scaled=True)
+    assert list(ours.state_dict()) == list(espnet.state_dict()) == ["alpha"]
+    espnet.load_state_dict({"alpha": torch.tensor(0.25)})
+    ours.load_state_dict(espnet.state_dict())
+    assert ours.alpha.item() == 0.25
+    ours.load_state_dict({"alpha": torch.tensor(0.75), "pe": torch.zeros(1, 7, 16)})
+    assert ours.alpha.item() == 0.75 and ours.pe.shape == (1, 20, 16) and ours.pe.abs().sum() > 0
+    espnet.load_state_dict(ours.state_dict())
+    assert espnet.alpha.item() == 0.75
     ours.reset_parameters()
-    assert ours.alpha.item() == 0.5
+    assert ours.alpha.item() == 1.0 == pe_ext.ScaledPositionalEncoding(16).alpha.item()
 
 
 @pytest.mark.parametrize("dim", [16, 17])

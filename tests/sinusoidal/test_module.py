@@ -9,19 +9,23 @@ import torch
 from torch import nn
 
 import pe_ext
-from tests.sinusoidal.oracle import ClassicPositionalEncoding, oracle_add, oracle_pe, tolerance
+from tests.sinusoidal.oracle import (
+    ClassicPositionalEncoding,
+    RowsPositionalEncoding,
+    SeqFirstPositionalEncoding,
+    float32_ulps,
+    oracle_add,
+    oracle_pe,
+    tolerance,
+)
 
 
-def test_buffer_matches_classic_table_to_float32_rounding():
+def test_buffer_matches_classic_table_to_sin_cos_rounding():
     ours, classic = pe_ext.PositionalEncoding(512, max_len=5000), ClassicPositionalEncoding(512, max_len=5000)
     assert ours.pe.shape == classic.pe.shape == (1, 5000, 512)
     assert ours.pe.dtype == torch.float32 and not ours.pe.requires_grad
-    # Both round the angle pos * freq to float32: they differ by at most a few float32 ulps of the angle.
-    angle_ulp = torch.arange(5000.0).reshape(1, -1, 1) * 2.0**-23
-    assert ((ours.pe - classic.pe).abs() <= 4 * angle_ulp + 1e-6).all()
-    # ...and ours is at least as close to the float64 truth.
-    truth = oracle_pe(torch.arange(5000), 512)
-    assert (ours.pe[0].double() - truth).abs().mean() <= (classic.pe[0].double() - truth).abs().mean()
+    # The same float32 frequencies and angles: only sin and cos round differently.
+    assert float32_ulps(ours.pe, classic.pe).max() <= 2
 
 
 def test_state_dict_round_trips_with_classic_module():
@@ -35,10 +39,11 @@ def test_state_dict_round_trips_with_classic_module():
     assert torch.equal(fresh_classic.pe, pe_ext.PositionalEncoding(64, max_len=100).pe)
 
 
-@pytest.mark.parametrize("buffer", ["persistent", "non_persistent", "none"])
+@pytest.mark.parametrize("buffer", [{}, {"persistent": False}, {"buffer": "none"}], ids=["persistent",
+                                                                                       "non_persistent", "none"])
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_forward_matches_oracle_in_every_mode(buffer, batch_first):
-    module = pe_ext.PositionalEncoding(48, max_len=300, buffer=buffer, batch_first=batch_first)
+    module = pe_ext.PositionalEncoding(48, max_len=300, **buffer, batch_first=batch_first)
     x = torch.randn(4, 300, 48) if batch_first else torch.randn(300, 4, 48)
     atol, rtol = tolerance(torch.float32, 300, 4.0)
     expected = oracle_add(x, seq_dim=1 if batch_first else 0)
@@ -50,7 +55,7 @@ def test_forward_matches_oracle_in_every_mode(buffer, batch_first):
 
 def test_buffer_modes_and_state_dict():
     assert "pe" in pe_ext.PositionalEncoding(8, 10).state_dict()
-    non_persistent = pe_ext.PositionalEncoding(8, 10, buffer="non_persistent")
+    non_persistent = pe_ext.PositionalEncoding(8, 10, persistent=False)
     assert "pe" not in non_persistent.state_dict() and non_persistent.pe.shape == (1, 10, 8)
     assert "pe" in dict(non_persistent.named_buffers())
     without = pe_ext.PositionalEncoding(8, 10, buffer="none")
@@ -115,17 +120,86 @@ def test_scale_and_dropout():
     torch.testing.assert_close(out[kept].double(), (oracle_add(x, scale=8.0) / 0.75)[kept], atol=atol * 2, rtol=rtol)
 
 
-def test_invalid_construction_arguments():
-    for kwargs, pattern in [({"d_model": 0}, "d_model"), ({"d_model": 8, "max_len": -1}, "max_len"),
-                            ({"d_model": 8, "dropout": 1.0}, "dropout"), ({"d_model": 8, "dropout": -0.1}, "dropout"),
-                            ({"d_model": 8, "base": 0.0}, "base"), ({"d_model": 8, "buffer": "sometimes"}, "buffer")]:
-        with pytest.raises(ValueError, match=pattern):
-            pe_ext.PositionalEncoding(**kwargs)
+LAYERS = {
+    "PositionalEncoding": lambda *args, **kwargs: pe_ext.PositionalEncoding(*args, **kwargs),
+    "ScaledPositionalEncoding": lambda *args, **kwargs: pe_ext.ScaledPositionalEncoding(*args, **kwargs),
+}
+# (arguments, keywords, exception, message pattern): every constructor argument, of the wrong kind or out of range.
+BAD_CONSTRUCTIONS = [
+    ((0,), {}, ValueError, r"d_model must be an int >= 1, got 0"),
+    ((8.0,), {}, TypeError, r"d_model must be an int, got 8.0 \(float\)"),
+    ((True,), {}, TypeError, r"d_model must be an int, got True \(bool\)"),
+    ((8, -1), {}, ValueError, r"max_len must be an int >= 1, got -1"),
+    ((8, 0), {}, ValueError, r"max_len must be an int >= 1, got 0"),
+    # the PyTorch tutorial's order, PositionalEncoding(d_model, dropout, max_len)
+    ((512, 0.1), {}, TypeError, (r"max_len must be an int, got 0.1 \(float\); pe_ext's order is \(d_model, "
+                                 r"max_len, dropout\): pass dropout by keyword, e.g. "
+                                 r"\w*PositionalEncoding\(512, dropout=0.1\)")),
+    ((512, 0.1), {"buffer": "none"}, TypeError, r"max_len must be an int, got 0.1"),
+    ((8,), {"dropout": 1.0}, ValueError, r"dropout must be in \[0, 1\), got 1.0"),
+    ((8,), {"dropout": -0.1}, ValueError, r"dropout must be in \[0, 1\)"),
+    ((8,), {"dropout": "0.1"}, TypeError, r"dropout must be a number, got '0.1' \(str\)"),
+    ((8,), {"dropout": float("nan")}, ValueError, r"dropout must be in \[0, 1\), got nan"),
+    ((8,), {"scale": float("inf")}, ValueError, r"scale must be finite, got inf"),
+    ((8,), {"scale": torch.nn.Parameter(torch.tensor(2.0))}, TypeError,
+     r"scale must be a number, got a Tensor; for a learnable factor on pe use ScaledPositionalEncoding \(alpha\)"),
+    ((8,), {"base": 0.0}, ValueError, r"base must be a positive finite number"),
+    ((8,), {"base": "10000"}, TypeError, r"base must be a number, got '10000' \(str\)"),
+    ((8,), {"buffer": "sometimes"}, ValueError, r"buffer must be one of"),
+    ((8,), {"batch_first": 1}, TypeError, r"batch_first must be True or False, got 1 \(int\)"),
+    ((8,), {"grow": "yes"}, TypeError, r"grow must be True or False, got 'yes'"),
+    # keywords the constructors do not document, which **encoding used to pass to every call
+    ((8,), {"seed": 1}, TypeError, r"Encoding\(\) got unexpected keyword argument\(s\) \['seed'\]"),
+    ((8,), {"padding_idx": 0}, TypeError, r"unexpected keyword argument\(s\) \['padding_idx'\]"),
+    ((8,), {"max_length": 64}, TypeError,
+     r"unexpected keyword argument\(s\) \['max_length'\]; its keywords beyond the named ones are \[.*'layout'"),
+]
+
+
+@pytest.mark.parametrize("layer", LAYERS.values(), ids=LAYERS)
+@pytest.mark.parametrize("args,kwargs,error,match", BAD_CONSTRUCTIONS)
+def test_constructors_check_every_argument(layer, args, kwargs, error, match):
+    with pytest.raises(error, match=match) as caught:
+        layer(*args, **kwargs)
+    assert type(caught.value) is error
+
+
+def test_other_constructor_arguments_are_checked():
+    with pytest.raises(TypeError, match=r"alpha must be a number, got a Tensor"):
+        pe_ext.ScaledPositionalEncoding(8, alpha=torch.tensor(0.5))
+    for args, kwargs, error, match in [((0, 1), {}, ValueError, r"embedding_dim must be an int >= 1, got 0"),
+                                       ((8, 1.0), {}, TypeError, r"padding_idx must be an int, got 1.0"),
+                                       ((8, 1), {"seed": 3}, TypeError, r"keyword argument\(s\) \['seed'\]")]:
+        with pytest.raises(error, match=match):
+            pe_ext.SinusoidalPositionalEmbedding(*args, **kwargs)
+    pe_ext.SinusoidalPositionalEmbedding(8, 1, 1024)  # fairseq's (embedding_dim, padding_idx, init_size)
+    with pytest.raises(TypeError, match=r"add_sinusoidal_pe\(\) got unexpected keyword argument\(s\) \['bse'\]"):
+        pe_ext.add_sinusoidal_pe(torch.randn(1, 2, 8), bse=500.0)
+
+
+@pytest.mark.parametrize("name", ["alpha", "pe"])
+def test_parametrized_alpha_and_table(name):
+    """torch.nn.utils.parametrize moves a parameter or buffer under module.parametrizations: forward reads it as
+    an attribute, and gets the parametrized value."""
+    module = pe_ext.ScaledPositionalEncoding(8, max_len=16, alpha=0.5)
+
+    class Double(nn.Module):
+        def forward(self, t):
+            return 2 * t
+
+    torch.nn.utils.parametrize.register_parametrization(module, name, Double())
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    alpha, pe = (1.0, oracle_pe(range(5), 8)) if name == "alpha" else (0.5, 2 * oracle_pe(range(5), 8))
+    torch.testing.assert_close(module(x).double(), x + alpha * pe, atol=1e-5, rtol=1e-5)
+    if name == "alpha":
+        module(x).sum().backward()
+        original = module.parametrizations.alpha.original
+        torch.testing.assert_close(original.grad.double(), 2 * 2 * pe.sum(), atol=1e-4, rtol=1e-5)  # 2 samples
 
 
 def test_reset_table_after_meta_construction():
     with torch.device("meta"):
-        module = pe_ext.PositionalEncoding(16, max_len=40, buffer="non_persistent")
+        module = pe_ext.PositionalEncoding(16, max_len=40, persistent=False)
     assert module.pe.is_meta
     module = module.to_empty(device="cpu")
     module.reset_table()
@@ -139,7 +213,7 @@ def test_meta_built_model_materializes_like_a_fresh_one():
         return nn.ModuleDict({
             "proj": nn.Linear(16, 16),
             "saved": pe_ext.PositionalEncoding(16, max_len=40),
-            "computed": pe_ext.PositionalEncoding(16, max_len=50, buffer="non_persistent", batch_first=False,
+            "computed": pe_ext.PositionalEncoding(16, max_len=50, persistent=False, batch_first=False,
                                                   scale=4.0, base=500.0),
             "on_the_fly": pe_ext.PositionalEncoding(16, buffer="none"),
         })
@@ -162,3 +236,68 @@ def test_meta_built_model_materializes_like_a_fresh_one():
     x = torch.randn(3, 40, 16)
     for name in ("saved", "computed", "on_the_fly"):
         torch.testing.assert_close(model[name](model["proj"](x)), fresh[name](fresh["proj"](x)), atol=0, rtol=0)
+
+
+# Checkpoints in every shape real code saves, by the module that saves it, and the convention of ours that loads it.
+CHECKPOINTS = {
+    "seed_1_L_D": (ClassicPositionalEncoding, {"batch_first": True}, lambda pe: pe[0]),
+    "tutorial_L_1_D": (SeqFirstPositionalEncoding, {"batch_first": False}, lambda pe: pe[:, 0]),
+    "rows_L_D": (RowsPositionalEncoding, {"batch_first": True}, lambda pe: pe),
+}
+
+
+@pytest.mark.parametrize("kind", CHECKPOINTS)
+@pytest.mark.parametrize("their_len", [60, 300])  # shorter and longer than ours
+def test_checkpoints_load_both_ways(kind, their_len):
+    theirs_class, convention, rows_of = CHECKPOINTS[kind]
+    theirs = theirs_class(16, their_len)
+    with torch.no_grad():
+        theirs.pe.add_(torch.randn_like(theirs.pe) * 1e-3)  # a trained table: its values must survive as loaded
+    ours = pe_ext.PositionalEncoding(16, 200, **convention)
+    ours.load_state_dict(theirs.state_dict())
+    loaded = rows_of(theirs.pe)
+    assert ours.max_len == max(200, their_len) and torch.equal(ours.pe[0, :their_len], loaded)
+    if their_len < 200:  # extended with computed rows up to its own max_len
+        assert torch.equal(ours.pe[0, their_len:], pe_ext.sinusoidal_table(200 - their_len, 16, offset=their_len))
+    x = torch.randn(3, 50, 16) if convention["batch_first"] else torch.randn(50, 3, 16)
+    assert torch.equal(ours(x), theirs(x))  # the same table rows, the same float32 add
+    # and back: ours saves in the shape it loaded, which their module (of ours' length) loads strictly
+    back = theirs_class(16, ours.max_len)
+    back.load_state_dict(ours.state_dict(), strict=True)
+    assert torch.equal(rows_of(back.pe), ours.pe[0])
+
+
+@pytest.mark.parametrize("kind", CHECKPOINTS)
+def test_fresh_modules_save_what_the_classic_modules_load(kind):
+    """A fresh module saves its convention's shape (batch_first: the seed's; seq-first: the tutorial's), or the one
+    its checkpoint_shape names."""
+    theirs_class, convention, rows_of = CHECKPOINTS[kind]
+    ours = pe_ext.PositionalEncoding(16, 100, **convention)
+    if kind == "rows_L_D":
+        ours.checkpoint_shape = "(max_len, d_model)"
+    theirs = theirs_class(16, 100)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    assert float32_ulps(rows_of(theirs.pe), rows_of(theirs_class(16, 100).pe)).max() <= 2
+
+
+def test_a_grown_table_reloads_into_a_fresh_module_and_growing_keeps_loaded_rows():
+    grown = pe_ext.PositionalEncoding(16, 10, grow=True)
+    x = torch.randn(2, 50, 16)
+    out = grown(x)
+    assert grown.max_len == 50
+    fresh = pe_ext.PositionalEncoding(16, 10)
+    fresh.load_state_dict(grown.state_dict())
+    assert fresh.max_len == 50 and torch.equal(fresh(x), out)
+    trained = torch.randn(1, 10, 16)
+    growing = pe_ext.PositionalEncoding(16, 10, grow=True)
+    growing.load_state_dict({"pe": trained})
+    growing(x)
+    assert growing.max_len == 50 and torch.equal(growing.pe[:, :10], trained)
+    assert torch.equal(growing.pe[0, 10:], pe_ext.sinusoidal_table(40, 16, offset=10))
+
+
+def test_non_persistent_table_moves_but_is_not_saved():
+    module = pe_ext.PositionalEncoding(8, 10, persistent=False)
+    assert "pe" not in module.state_dict() and "pe" in dict(module.named_buffers())
+    assert module.to(torch.float64).pe.dtype == torch.float64 and module.to("meta").pe.is_meta
+    assert list(pe_ext.PositionalEncoding(8, 10, buffer="none").state_dict()) == []

@@ -76,26 +76,38 @@ def keyword_samples(x, seq_dim, requires_grad=False):
         "default": {},
         "encoding": {"base": 500.0, "layout": "concatenated", "frequencies": "timescales", "precise_angle": True},
         "positions": {"positions": ids, "padding_idx": 1, "alpha": alpha},
-        "dropout": {"dropout": 0.3, "seed": 11},
+        "dropout": {"dropout": 0.3, "seed": torch.tensor(11)},
     }
+
+
+# The fallback's ops are composites that read explicit positions to check them (a data-dependent step that
+# dynamic-shape tracing refuses); the compiled ops check them inside their kernels instead.
+SKIPPED = ("positions",) if FORCED_FALLBACK else ()
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_add_pe(device):
-    # The fallback's add_pe is a composite that reads explicit positions to check them (a data-dependent step that
-    # dynamic-shape tracing refuses); the compiled op checks them inside its kernel instead.
-    skipped = ("positions",) if FORCED_FALLBACK else ()
     check_all(OPS.add_pe.default, [(f"{name}-{kw_name}", (x, table, offset, 1.5, seq_dim), kwargs)
                                    for name, x, table, seq_dim, offset in samples(device, with_requires_grad=True)
                                    for kw_name, kwargs in keyword_samples(x, seq_dim, x.requires_grad).items()
-                                   if kw_name not in skipped])
+                                   if kw_name not in SKIPPED])
+
+
+@pytest.mark.skipif(FORCED_FALLBACK, reason="the fallback reads positions to check them (see test_opcheck_add_pe)")
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_fractional_negative_positions_and_given_frequencies(device):
+    x = torch.randn(2, 5, 8, device=device, requires_grad=True)
+    kwargs = {"positions": torch.rand(2, 5, device=device) * 100 - 50, "inv_freq": torch.rand(4, device=device),
+              "layout": "concatenated_cos_first", "alpha": torch.tensor(0.5, device=device, requires_grad=True)}
+    check_all(OPS.add_pe.default, [("fractional", (x, None, -3, 1.5, 1), kwargs)])
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_add_pe_inplace(device):
     check_all(OPS.add_pe_.default, [(f"{name}-{kw_name}", (x.clone(), table, offset, 0.5, seq_dim), kwargs)
                                     for name, x, table, seq_dim, offset in samples(device)
-                                    for kw_name, kwargs in keyword_samples(x, seq_dim).items()])
+                                    for kw_name, kwargs in keyword_samples(x, seq_dim).items()
+                                    if kw_name not in SKIPPED])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -116,8 +128,9 @@ def test_opcheck_fill_table(device):
         cases.append((f"{dtype}-{offset}-{rows}x{d_model}", (out, offset)))
         cases.append((f"{dtype}-{offset}-{rows}x{d_model}-transposed",
                       (torch.empty(d_model, rows, dtype=dtype, device=device).t(), offset), {"base": 500.0}))
-        cases.append((f"{dtype}-{offset}-{rows}x{d_model}-positions", (out, offset),
-                      {"positions": torch.arange(rows, device=device).flip(0), "padding_idx": 2}))
+        if "positions" not in SKIPPED:
+            cases.append((f"{dtype}-{offset}-{rows}x{d_model}-positions", (out, offset),
+                          {"positions": torch.arange(rows, device=device).flip(0), "padding_idx": 2}))
     check_all(OPS.fill_table_.default, cases)
 
 

@@ -82,9 +82,10 @@ def test_start_positions_per_sequence(batch_first):
 
 
 @pytest.mark.parametrize("bad,error,match", [
-    ({"positions": torch.tensor([[0, -1, 2]])}, ValueError, "positions must be >= 0"),
+    ({"positions": torch.tensor([[0, -1, 2]])}, ValueError, "table rows start at position 0, but the call uses position -1"),
     ({"positions": torch.zeros(2, 3, dtype=torch.long)}, ValueError, "positions must have shape"),
-    ({"positions": torch.zeros(1, 3)}, TypeError, "positions must be an int64 or int32"),
+    ({"positions": torch.zeros(1, 3)}, ValueError, "fractional .* positions index no table row"),
+    ({"positions": torch.zeros(1, 3, dtype=torch.uint8)}, TypeError, "positions must be an int64 or int32"),
     ({"positions": torch.tensor([[0, 1, 99]])}, ValueError, "99 need 100 table rows, but the table has 10"),
     ({"padding_idx": -2}, ValueError, "padding_idx"),
     ({"alpha": torch.ones(2)}, ValueError, "alpha must hold one value"),
@@ -102,8 +103,8 @@ def test_bad_positions_are_refused_before_writing(impl, bad, error, match):
 def test_inplace_refuses_bad_positions_without_touching_x():
     x = torch.randn(1, 3, 8)
     before = x.clone()
-    with pytest.raises(ValueError, match="positions must be >= 0"):
-        pe_ext.add_sinusoidal_pe_(x, positions=torch.tensor([[0, -5, 1]]))
+    with pytest.raises(ValueError, match="table rows start at position 0, but the call uses position -5"):
+        pe_ext.add_sinusoidal_pe_(x, pe_ext.sinusoidal_table(8, 8), positions=torch.tensor([[0, -5, 1]]))
     assert torch.equal(x, before)
 
 

@@ -16,10 +16,10 @@
 
 namespace pe_ext::sinusoidal::cuda {
 
-template <typename scalar_t, typename table_t>
-AddPeArgs<scalar_t, table_t> make_args(const SinusoidalProblem& p) {
+template <typename scalar_t, typename table_t, typename pos_t>
+AddPeArgs<scalar_t, table_t, pos_t> make_args(const SinusoidalProblem& p) {
   using acc_t = at::opmath_type<scalar_t>;
-  AddPeArgs<scalar_t, table_t> a{};
+  AddPeArgs<scalar_t, table_t, pos_t> a{};
   a.out = p.out.data_ptr<scalar_t>();
   a.out_stride_b = p.out.stride(0);
   a.out_stride_l = p.out.stride(1);
@@ -35,8 +35,9 @@ AddPeArgs<scalar_t, table_t> make_args(const SinusoidalProblem& p) {
     a.table_stride_l = p.table.stride(0);
     a.table_stride_d = p.table.stride(1);
   }
+  if (p.freqs.defined()) a.freqs = p.freqs.const_data_ptr<double>();
   if (p.positions.defined()) {
-    a.positions = p.positions.const_data_ptr<int64_t>();
+    a.positions = p.positions.const_data_ptr<pos_t>();
     a.positions_stride_b = p.positions.stride(0);
     a.positions_stride_l = p.positions.stride(1);
   }
@@ -45,6 +46,7 @@ AddPeArgs<scalar_t, table_t> make_args(const SinusoidalProblem& p) {
   a.dropout_threshold = dropout_threshold(p.dropout);
   a.keep_scale = static_cast<acc_t>(1.0 / (1.0 - p.dropout));
   a.seed = p.seed;
+  if (p.seed_on_device.defined()) a.seed_on_device = p.seed_on_device.const_data_ptr<int64_t>();
   a.batch = p.batch();
   a.seq_len = p.seq_len();
   a.offset = p.offset;
@@ -63,25 +65,37 @@ bool vectorizable(const SinusoidalProblem& p, int vec) {
          (!p.table.defined() || rows_allow_vec<table_t>(p.table, vec));
 }
 
-// Calls launch(std::integral_constant<int, kVec>, std::bool_constant<kGeneralCase>, args, config) with the widest
-// vector the data allows, and kGeneralCase only when the call uses positions, padding_idx, alpha or dropout.
+// Calls launch(std::integral_constant<int, kVec>, std::integral_constant<Variant, kVariant>, args, config) with the
+// widest vector the data allows and the variant the call needs (Variant).
 template <typename Launch>
 void dispatch_add_pe(const SinusoidalProblem& p, int num_sms, Launch&& launch) {
   const bool general_case = p.positions.defined() || p.padding_idx >= 0 || p.alpha.defined() || p.dropout > 0;
+  const bool fractional = p.positions.defined() && p.positions.scalar_type() == at::kDouble;  // never with a table
   // The module's float32 table under half/bfloat16/double data.
   const bool float_table = p.table.defined() && p.table.scalar_type() != p.out.scalar_type();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.out.scalar_type(), "pe_ext_cuda_add_pe", [&] {
-    PE_BOOL_SWITCH(float_table, kFloatTable, [&] {
-      using table_t = std::conditional_t<kFloatTable, float, scalar_t>;
+    // table_tag: a null table_t*, which names the table's element type.
+    const auto launch_variant = [&](auto variant, auto table_tag) {
+      constexpr Variant kVariant = decltype(variant)::value;
+      using table_t = std::remove_pointer_t<decltype(table_tag)>;
       const bool vectorized = vectorizable<scalar_t, table_t>(p, kMaxVec<scalar_t>);
       PE_BOOL_SWITCH(vectorized, kVectorized, [&] {
         constexpr int kVec = kVectorized ? kMaxVec<scalar_t> : 1;
-        PE_BOOL_SWITCH(general_case, kGeneralCase, [&] {
-          launch(std::integral_constant<int, kVec>{}, std::bool_constant<kGeneralCase>{},
-                 make_args<scalar_t, table_t>(p),
-                 make_launch_config(p.batch(), p.seq_len(), p.d_model(), kVec, num_sms));
-        });
+        launch(std::integral_constant<int, kVec>{}, variant, make_args<scalar_t, table_t, position_t<kVariant>>(p),
+               make_launch_config(p.batch(), p.seq_len(), p.d_model(), kVec, num_sms));
       });
+    };
+    if (fractional) {
+      launch_variant(std::integral_constant<Variant, Variant::kFractional>{}, static_cast<scalar_t*>(nullptr));
+      return;
+    }
+    PE_BOOL_SWITCH(float_table, kFloatTable, [&] {
+      using table_t = std::conditional_t<kFloatTable, float, scalar_t>;
+      if (general_case) {
+        launch_variant(std::integral_constant<Variant, Variant::kGeneral>{}, static_cast<table_t*>(nullptr));
+      } else {
+        launch_variant(std::integral_constant<Variant, Variant::kPlain>{}, static_cast<table_t*>(nullptr));
+      }
     });
   });
 }

@@ -13,10 +13,10 @@
 namespace pe_ext::sinusoidal::cuda {
 namespace {
 
-template <int VEC, bool kGeneralCase, typename scalar_t, typename table_t>
+template <int VEC, Variant kVariant, typename scalar_t, typename table_t>
 __global__ void __launch_bounds__(kThreadsPerBlock)
-    add_pe_kernel(const AddPeArgs<scalar_t, table_t> args, const LaunchConfig config) {
-  add_pe_thread<VEC, kGeneralCase>(args, config, blockIdx.x, blockIdx.y, threadIdx.x, threadIdx.y);
+    add_pe_kernel(const AddPeArgs<scalar_t, table_t, position_t<kVariant>> args, const LaunchConfig config) {
+  add_pe_thread<VEC, kVariant>(args, config, blockIdx.x, blockIdx.y, threadIdx.x, threadIdx.y);
 }
 
 int multiprocessor_count(int device) {
@@ -31,10 +31,10 @@ void add_pe_cuda(const SinusoidalProblem& p) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   dispatch_add_pe(
       p, multiprocessor_count(p.out.get_device()),
-      [&](auto vec, auto general_case, const auto& args, const LaunchConfig& config) {
+      [&](auto vec, auto variant, const auto& args, const LaunchConfig& config) {
         const dim3 grid(static_cast<unsigned>(config.grid.blocks_x), static_cast<unsigned>(config.grid.blocks_y));
         const dim3 block(config.grid.threads_x, config.grid.threads_y);
-        add_pe_kernel<decltype(vec)::value, decltype(general_case)::value><<<grid, block, 0, stream>>>(args, config);
+        add_pe_kernel<decltype(vec)::value, decltype(variant)::value><<<grid, block, 0, stream>>>(args, config);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
 }
