@@ -20,7 +20,8 @@
 
 // Builds a row function for AVX-512, AVX2 and baseline x86-64, chosen at load time by ISA level (x86-64-v4, -v3):
 // "arch=haswell" would be chosen only on a CPU that is a Haswell, so other AVX2 CPUs (Zen 1-3, Skylake, Alder Lake)
-// ran the baseline SSE2 clone. The sanitized build keeps the baseline only, so that the code path it tests is the
+// ran the baseline SSE2 clone. The AVX-512 clone uses 256-bit vectors (setup.py: -mprefer-vector-width=256). The
+// sanitized build keeps the baseline only, so that the code path it tests is the
 // portable one.
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(PE_EXT_SANITIZE)
 #define PE_ROW_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
