@@ -7,6 +7,10 @@ Method (bench/harness.py): interleaved rounds, median and interquartile range; s
 
     python bench/bench_sinusoidal.py                  # full sweep, CUDA when present
     python bench/bench_sinusoidal.py --device cpu --quick
+    python bench/bench_sinusoidal.py --device cpu --shapes 64x1x4096,8x512x512 --dtypes float32 --variants plain
+
+On the CPU it runs every configuration in the default process first (glibc's defaults, as users run it), then with
+the tuned allocator (--allocator both, the default; or one of them).
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ ROUNDS = 3  # timing rounds per configuration, each over every provider
 # classic_eager_cast: the classic module with its table cast to x's dtype (.to(bfloat16)), so it keeps x's dtype too;
 # only for the reduced-precision dtypes, where the plain classic module promotes to float32.
 # pe_ext_precise: on the fly with precise_angle=True (the angle reduced in double), to show what accuracy costs.
+# pe_ext_op_*: the function pe_ext.add_sinusoidal_pe (with the module's table, or on the fly) instead of the module.
 PROVIDERS = ("clone", "classic_eager", "classic_eager_cast", "classic_compiled", "pe_ext_table", "pe_ext_on_the_fly",
-             "pe_ext_precise")
+             "pe_ext_precise", "pe_ext_op_table", "pe_ext_op_on_the_fly")
 
 FULL_SHAPES = [(64, 1, 4096), (8, 1, 8192), (8, 512, 512), (16, 1024, 1024), (4, 2048, 4096), (1, 32768, 1024),
                (1, 8192, 8192), (2, 4096, 8192)]
@@ -44,6 +49,7 @@ TARGET_SHAPES = [(64, 1, 4096), (8, 1, 8192), (1, 32768, 4096), (4, 8192, 2048)]
 
 @dataclass
 class Row:
+    allocator: str
     variant: str
     dtype: str
     shape: tuple
@@ -87,15 +93,18 @@ def make_modules(variant: str, d_model: int, max_len: int, device: str) -> dict:
     scale = math.sqrt(d_model) if variant != "plain" else 1.0
     dropout = DROPOUT if variant == "scale_dropout" else 0.0
     classic = ClassicPositionalEncoding(d_model, max_len, scale, dropout).to(device).train()
+    table = pe_ext.PositionalEncoding(d_model, max_len, dropout, scale=scale, device=device).train()
     return {
         "classic_eager": classic,
         # dynamic shapes cover batch and length; the dtypes compile once each
         "classic_compiled": torch.compile(classic, dynamic=True),
-        "pe_ext_table": pe_ext.PositionalEncoding(d_model, max_len, dropout, scale=scale, device=device).train(),
+        "pe_ext_table": table,
         "pe_ext_on_the_fly": pe_ext.PositionalEncoding(d_model, max_len, dropout, scale=scale,
                                                        buffer="none").to(device).train(),
         "pe_ext_precise": pe_ext.PositionalEncoding(d_model, max_len, dropout, scale=scale, buffer="none",
                                                     precise_angle=True).to(device).train(),
+        "pe_ext_op_table": lambda x: pe_ext.add_sinusoidal_pe(x, table.pe, scale=scale, dropout=dropout),
+        "pe_ext_op_on_the_fly": lambda x: pe_ext.add_sinusoidal_pe(x, scale=scale, dropout=dropout),
     }
 
 
@@ -111,20 +120,22 @@ def make_providers(modules: dict, dtype: torch.dtype, cast_cache: dict) -> dict:
 
 
 def run(args) -> harness.Sweep:
-    shapes = QUICK_SHAPES if args.quick else TARGET_SHAPES if args.targets else FULL_SHAPES
-    dtypes = ["float32", "bfloat16"] if args.quick or args.targets else list(DTYPES)
-    variants = ("plain", "scale") if args.quick else ("plain",) if args.targets else VARIANTS
+    shapes = args.shapes or (QUICK_SHAPES if args.quick else TARGET_SHAPES if args.targets else FULL_SHAPES)
+    dtypes = args.dtypes or (["float32", "bfloat16"] if args.quick or args.targets else list(DTYPES))
+    variants = args.variants or (("plain", "scale") if args.quick else ("plain",) if args.targets else VARIANTS)
     by_width = sorted(shapes, key=lambda s: s[2])  # a width's modules are built once
-    configs = [(v, d, s) for v in variants for s in by_width for d in dtypes]
+    configs = [(a, v, d, s) for a in args.allocators for v in variants for s in by_width for d in dtypes]
     max_len = {d_model: max(s[1] for s in shapes if s[2] == d_model) for _, _, d_model in shapes}
     modules, cast_cache = {}, {}
     return harness.run_sweep(configs, lambda config: run_config(args, *config, modules, cast_cache, max_len))
 
 
-def run_config(args, variant: str, dtype_name: str, shape: tuple, modules: dict, cast_cache: dict,
+def run_config(args, allocator: str, variant: str, dtype_name: str, shape: tuple, modules: dict, cast_cache: dict,
                max_len: dict) -> list[Row]:
     """One configuration: every provider timed in interleaved rounds, with its ratios to the baselines."""
     device = args.device
+    if device == "cpu":
+        harness.switch_allocator(allocator)
     key = (variant, shape[-1])
     if key not in modules:
         modules.clear()  # the previous width's modules and compiled graphs go before the next are built
@@ -138,7 +149,7 @@ def run_config(args, variant: str, dtype_name: str, shape: tuple, modules: dict,
     fns = {name: (lambda f=providers[name]: f(x)) for name in PROVIDERS
            if name in providers and not (args.skip_compiled and name == "classic_compiled")}
     timings = harness.time_interleaved(fns, device, args.seconds, ROUNDS)
-    group = [Row(variant, dtype_name, shape, name, t.median_us, t.spread_us, moved / t.median_us / 1e3,
+    group = [Row(allocator, variant, dtype_name, shape, name, t.median_us, t.spread_us, moved / t.median_us / 1e3,
                  peak_extra_mib=t.peak_extra_mib) for name, t in timings.items()]
     base = {r.provider: r.median_us for r in group}
     for r in group:
@@ -148,19 +159,19 @@ def run_config(args, variant: str, dtype_name: str, shape: tuple, modules: dict,
     return group
 
 
-COLUMNS = ["variant", "dtype", "shape", "MiB", "provider", "median_us", "spread_us", "GB/s", "%clone",
+COLUMNS = ["allocator", "variant", "dtype", "shape", "MiB", "provider", "median_us", "spread_us", "GB/s", "%clone",
            "x_eager", "x_compiled", "peak_extra_MiB"]
 
 
 def row_values(r: Row) -> list[str]:
-    return [r.variant, r.dtype, "x".join(map(str, r.shape)), f"{r.mib:.1f}", r.provider, f"{r.median_us:.1f}",
-            f"{r.spread_us:.1f}", f"{r.gbps:.1f}", f"{r.pct_clone:.0f}", f"{r.speedup_eager:.2f}",
+    return [r.allocator, r.variant, r.dtype, "x".join(map(str, r.shape)), f"{r.mib:.1f}", r.provider,
+            f"{r.median_us:.1f}", f"{r.spread_us:.1f}", f"{r.gbps:.1f}", f"{r.pct_clone:.0f}", f"{r.speedup_eager:.2f}",
             f"{r.speedup_compiled:.2f}", "-" if math.isnan(r.peak_extra_mib) else f"{r.peak_extra_mib:.1f}"]
 
 
 def header_lines(args, sweep: harness.Sweep) -> list[str]:
     return [
-        *harness.common_header(args.device, args.seconds, ROUNDS, pe_ext.backend()[args.device]),
+        *harness.common_header(args.device, args.seconds, ROUNDS, pe_ext.backend()[args.device], args.allocators),
         ("dropout (scale_dropout variant, training mode): nn.Dropout after the add for the classic module, fused "
         "into the same pass (Philox mask) for pe_ext"),
         "bytes moved: read x + write out in x's dtype; % clone = clone time / provider time",
@@ -170,43 +181,68 @@ def header_lines(args, sweep: harness.Sweep) -> list[str]:
 
 
 def summary(rows: list[Row]) -> str:
-    """Median over shapes of each pe_ext provider's ratios, per variant and dtype."""
-    lines = ["Summary (median over shapes; ratios measured in this run):", ""]
-    lines.append("| variant | dtype | provider | x eager | x compiled | % clone |")
-    lines.append("|---|---|---|---|---|---|")
-    keys = sorted({(r.variant, r.dtype, r.provider) for r in rows if r.provider.startswith("pe_ext")})
-    for variant, dtype, provider in keys:
-        sel = [r for r in rows if (r.variant, r.dtype, r.provider) == (variant, dtype, provider)]
+    """Median (and lowest) over shapes of each pe_ext provider's ratios, per allocator (in the run's order: the
+    default process first), variant and dtype."""
+    lines = ["Summary (median over shapes, lowest in brackets; ratios measured in this run):", ""]
+    lines.append("| allocator | variant | dtype | provider | x eager | x compiled | % clone |")
+    lines.append("|---|---|---|---|---|---|---|")
+    allocators = list(dict.fromkeys(r.allocator for r in rows))
+    keys = sorted({(allocators.index(r.allocator), r.variant, r.dtype, r.provider) for r in rows
+                   if r.provider.startswith("pe_ext")})
+    for allocator, variant, dtype, provider in keys:
+        sel = [r for r in rows if (allocators.index(r.allocator), r.variant, r.dtype, r.provider)
+               == (allocator, variant, dtype, provider)]
 
         def med(attr, sel=sel):
             return statistics.median(getattr(r, attr) for r in sel)
 
-        lines.append(f"| {variant} | {dtype} | {provider} | {med('speedup_eager'):.2f} | "
-                     f"{med('speedup_compiled'):.2f} | {med('pct_clone'):.0f} |")
+        lowest = min(r.speedup_eager for r in sel)
+        lines.append(f"| {allocators[allocator]} | {variant} | {dtype} | {provider} | {med('speedup_eager'):.2f} "
+                     f"[{lowest:.2f}] | {med('speedup_compiled'):.2f} | {med('pct_clone'):.0f} |")
     return "\n".join(lines)
 
 
 def plot(rows: list[Row], path: Path, device: str) -> None:
-    """The plain add: one panel per dtype for the speedup over the classic eager module (the baseline, 1), and one
-    for float32's share of the clone rate (the memory floor, 100%)."""
-    def values(provider, dtype, attr):
+    """The plain add, per allocator (the default process first): one panel per dtype for the speedup over the classic
+    eager module (the baseline, 1), and one for float32's share of the clone rate (the memory floor, 100%)."""
+    def values(allocator, provider, dtype, attr):
         return {"x".join(map(str, r.shape)): getattr(r, attr) for r in rows
-                if r.variant == "plain" and r.dtype == dtype and r.provider == provider}
+                if (r.allocator, r.variant, r.dtype, r.provider) == (allocator, "plain", dtype, provider)}
 
-    speed_providers = ("classic_compiled", "pe_ext_table", "pe_ext_on_the_fly")
-    panels = [harness.Panel(f"plain add, {dtype}: speedup over the classic eager module (higher is better)",
-                            "speedup (x)", {p: values(p, dtype, "speedup_eager") for p in speed_providers},
-                            1.0, "classic eager")
-              for dtype in DTYPES if any(r.dtype == dtype for r in rows)]
-    panels.append(harness.Panel("plain add, float32: share of the clone rate (read x + write out; higher is better)",
-                                "% of clone rate", {p: values(p, "float32", "pct_clone")
-                                                    for p in ("classic_eager", *speed_providers)}, 100.0, "clone"))
+    speed_providers = ("classic_compiled", "pe_ext_table", "pe_ext_on_the_fly", "pe_ext_op_table",
+                       "pe_ext_op_on_the_fly")
+    panels = []
+    for allocator in dict.fromkeys(r.allocator for r in rows if r.variant == "plain"):
+        where = f"{allocator} allocator" if device == "cpu" else device
+        panels += [harness.Panel(f"plain add, {dtype}, {where}: speedup over the classic eager module (higher is "
+                                 "better)", "speedup (x)",
+                                 {p: values(allocator, p, dtype, "speedup_eager") for p in speed_providers},
+                                 1.0, "classic eager")
+                   for dtype in DTYPES if any((r.allocator, r.dtype) == (allocator, dtype) for r in rows)]
+        panels.append(harness.Panel(f"plain add, float32, {where}: share of the clone rate (read x + write out; "
+                                    "higher is better)", "% of clone rate",
+                                    {p: values(allocator, p, "float32", "pct_clone")
+                                     for p in ("classic_eager", *speed_providers)}, 100.0, "clone"))
     harness.bar_panels(path, f"pe_ext sinusoidal, {harness.device_name(device)}", panels)
 
 
+def add_arguments(parser) -> None:
+    def shapes(text):
+        return [tuple(int(v) for v in shape.split("x")) for shape in text.split(",")]
+
+    parser.add_argument("--skip-compiled", action="store_true", help="leave out the torch.compile provider")
+    parser.add_argument("--shapes", type=shapes, default=None, help="BxLxD,... instead of the sweep's shapes")
+    parser.add_argument("--dtypes", type=lambda text: text.split(","), default=None,
+                        help=f"a comma-separated subset of {','.join(DTYPES)}")
+    parser.add_argument("--variants", type=lambda text: text.split(","), default=None,
+                        help=f"a comma-separated subset of {','.join(VARIANTS)}")
+
+
 def main() -> None:
-    args = harness.parse_args("sinusoidal", __doc__, lambda parser: parser.add_argument(
-        "--skip-compiled", action="store_true", help="leave out the torch.compile provider"))
+    args = harness.parse_args("sinusoidal", __doc__, add_arguments, allocator="both")
+    for name, chosen, known in (("--dtypes", args.dtypes, DTYPES), ("--variants", args.variants, VARIANTS)):
+        if chosen and not set(chosen) <= set(known):
+            raise SystemExit(f"{name}: expected a subset of {','.join(known)}, got {','.join(chosen)}")
     # Every compiled classic module shares one forward code object, whose compiles count against one limit; past it
     # torch.compile would quietly run the rest eagerly and the "compiled" column would time eager code.
     torch._dynamo.config.recompile_limit = 256

@@ -32,8 +32,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 # glibc hands large freed blocks back to the OS, so every call of a provider that allocates its output page-faults it
 # in again. "default" measures that, as a plain Python process does; "tuned" keeps freed memory (no mmap for large
-# blocks, no trimming), so that no provider pays page faults.
-ALLOCATORS = {"default": {}, "tuned": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}}
+# blocks, no trimming below 2 GiB, mallopt's int limit), so that no provider pays page faults.
+ALLOCATORS = {"default": {}, "tuned": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}}
+# The environment variables' mallopt parameters (glibc's malloc.h: M_MMAP_MAX, M_TRIM_THRESHOLD).
+MALLOPT_PARAMS = {"MALLOC_MMAP_MAX_": -4, "MALLOC_TRIM_THRESHOLD_": -1}
+# --allocator both: the default process first, then the tuned settings set in the same process.
+BOTH = ("default", "tuned")
 
 
 def use_allocator(name: str) -> None:
@@ -46,17 +50,43 @@ def use_allocator(name: str) -> None:
     os.execve(sys.executable, [sys.executable, *sys.argv], {**env, **wanted})
 
 
+_switched_to: str | None = None
+
+
+def switch_allocator(name: str) -> None:
+    """From the default settings to `name`'s within this process (mallopt, the calls the environment variables make
+    at start), so that one run measures both; glibc cannot go back to its default (dynamic) thresholds."""
+    global _switched_to
+    if name == allocator_in_use():
+        return
+    if allocator_in_use() != "default" or _switched_to not in (None, name):
+        raise RuntimeError(f"cannot switch glibc's allocator from {allocator_in_use()!r} to {name!r}")
+    libc = ctypes.CDLL("libc.so.6")
+    for key, value in ALLOCATORS[name].items():
+        if libc.mallopt(MALLOPT_PARAMS[key], int(value)) != 1:
+            raise RuntimeError(f"mallopt({key}={value}) failed")
+    _switched_to = name
+
+
 def allocator_in_use() -> str:
+    if _switched_to is not None:
+        return _switched_to
     for name, settings in ALLOCATORS.items():
         if settings and all(os.environ.get(k) == v for k, v in settings.items()):
             return name
     return "default"
 
 
+def allocator_settings(name: str) -> str:
+    settings = " ".join(f"{k}={v}" for k, v in ALLOCATORS[name].items()) or "glibc defaults"
+    return f"{name} ({settings})"
+
+
 def parse_args(family: str, description: str,
-               add_arguments: Callable[[argparse.ArgumentParser], None] | None = None):
+               add_arguments: Callable[[argparse.ArgumentParser], None] | None = None, allocator: str = "tuned"):
     """The options every benchmark takes, and the family's own (add_arguments). Sets up the process for them: the CPU
-    allocator, the results folder (args.out = RESULTS_ROOT/<family>/<device>), the default seconds, the seed."""
+    allocator (args.allocators: those to run in order; a family that takes "both" switches with switch_allocator),
+    the results folder (args.out = RESULTS_ROOT/<family>/<device>), the default seconds, the seed."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="a small sweep (about a minute on CPU)")
@@ -64,16 +94,17 @@ def parse_args(family: str, description: str,
                         help="only the shapes behind the family's stated targets (the GPU check runs these first)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="timing per provider and configuration (default 0.6, 0.15 with --quick)")
-    parser.add_argument("--allocator", choices=list(ALLOCATORS), default="tuned",
-                        help="CPU: glibc's settings for freed memory (see bench/README.md)")
+    parser.add_argument("--allocator", choices=[*ALLOCATORS, *(["both"] if allocator == "both" else [])],
+                        default=allocator, help="CPU: glibc's settings for freed memory (see bench/README.md)")
     parser.add_argument("--results", default=str(RESULTS),
                         help=f"results root; this benchmark writes into <results>/{family}/<device>")
     parser.add_argument("--out", default=None, help="write into this folder instead (overrides --results)")
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args()
+    args.allocators = list(BOTH) if args.allocator == "both" else [args.allocator]
     if args.device == "cpu":
-        use_allocator(args.allocator)
+        use_allocator(args.allocators[0])
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is present")
     if args.seconds is None:
@@ -187,12 +218,14 @@ def device_name(device: str) -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def common_header(device: str, seconds: float, rounds: int, backend: str) -> list[str]:
+def common_header(device: str, seconds: float, rounds: int, backend: str,
+                  allocators: list[str] | None = None) -> list[str]:
     timing = "triton do_bench (L2 flushed before every call)" if device == "cuda" else "torch.utils.benchmark"
     if device == "cpu":
-        allocation = allocator_in_use()
-        settings = " ".join(f"{k}={v}" for k, v in ALLOCATORS[allocation].items()) or "glibc defaults"
-        allocation = f"outputs allocated per call by every provider; {allocation} allocator ({settings})"
+        names = allocators or [allocator_in_use()]
+        settings = ", then ".join(map(allocator_settings, names))
+        switched = " (set by mallopt after the default rows)" if len(names) > 1 else ""
+        allocation = f"outputs allocated per call by every provider; glibc allocator {settings}{switched}"
     else:
         allocation = "outputs allocated per call by every provider (CUDA caching allocator)"
     return [

@@ -14,11 +14,17 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #endif
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
-// Builds a row function for AVX-512, AVX2 and baseline x86-64, chosen at load time. The sanitized build keeps the
-// baseline only, so that the code path it tests is the portable one.
+// Builds a row function for AVX-512, AVX2 and baseline x86-64, chosen at load time by ISA level (x86-64-v4, -v3):
+// "arch=haswell" would be chosen only on a CPU that is a Haswell, so other AVX2 CPUs (Zen 1-3, Skylake, Alder Lake)
+// ran the baseline SSE2 clone. The AVX-512 clone uses 256-bit vectors (setup.py: -mprefer-vector-width=256). The
+// sanitized build keeps the baseline only, so that the code path it tests is the
+// portable one.
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(PE_EXT_SANITIZE)
-#define PE_ROW_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=haswell", "default")))
+#define PE_ROW_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define PE_ROW_CLONES
 #endif
@@ -100,5 +106,23 @@ constexpr bool kCanStream = false;
 inline void stream_store(void* dst, const void* src, int64_t bytes) { std::memcpy(dst, src, bytes); }
 inline void stream_fence() {}
 #endif
+
+// --- Huge pages for an output nothing has touched yet. glibc maps every block of 32 MiB and more afresh and unmaps it
+// when freed, so a plain process page-faults each call's output in again, 4 KiB at a time: for a 128 MiB output
+// 32768 faults, which cost three times the add itself on the benchmark machine (bench/README.md). Transparent huge
+// pages make that 64 faults; with THP set to "madvise" (the kernel's default, and many distributions') they need this
+// advice, "always" gives them anyway, "never" ignores it. Memory already in use (mincore: its first page is present)
+// is left alone, so that reused heap blocks and callers' buffers keep their mappings as they are.
+inline void advise_huge_pages_if_untouched(void* data, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHugePage = uintptr_t{2} << 20;
+  const uintptr_t first = (reinterpret_cast<uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t last = (reinterpret_cast<uintptr_t>(data) + static_cast<uintptr_t>(bytes)) & ~(kHugePage - 1);
+  if (bytes <= 0 || first + kHugePage > last) return;  // no whole huge page inside
+  unsigned char present = 1;
+  if (mincore(reinterpret_cast<void*>(first), 1, &present) != 0 || (present & 1)) return;
+  madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // advice: a refusal changes nothing
+#endif
+}
 
 }  // namespace pe_ext::cpu

@@ -31,9 +31,11 @@ struct PolynomialSinCos {
     const double r2 = r * r;
     const double sin_r =
         r + r * r2 * (-1.0 / 6 + r2 * (1.0 / 120 + r2 * (-1.0 / 5040 + r2 * (1.0 / 362880 + r2 * (-1.0 / 39916800)))));
+    // The last term multiplies by 1/12! rather than dividing by 12! (a vector division per angle): every float
+    // angle from 0 to 2^54 gives the same float sin and cos either way.
     const double cos_r =
-        1.0 +
-        r2 * (-0.5 + r2 * (1.0 / 24 + r2 * (-1.0 / 720 + r2 * (1.0 / 40320 + r2 * (-1.0 / 3628800 + r2 / 479001600)))));
+        1.0 + r2 * (-0.5 + r2 * (1.0 / 24 + r2 * (-1.0 / 720 + r2 * (1.0 / 40320 +
+                                                                     r2 * (-1.0 / 3628800 + r2 * (1.0 / 479001600))))));
     const double sin_a = quadrant & 1 ? cos_r : sin_r, cos_a = quadrant & 1 ? sin_r : cos_r;
     // Signs as factors: a selected negation is not if-converted, and the loop would not vectorize.
     const double sin_sign = quadrant & 2 ? -1.0 : 1.0, cos_sign = (quadrant + 1) & 2 ? -1.0 : 1.0;

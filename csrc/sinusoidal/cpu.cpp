@@ -1,7 +1,8 @@
 // CPU kernels. Positions are cut into tiles whose pe rows (computed with sinusoidal/math.h, or read from the table)
-// stay in cache while every batch row of the tile streams through. Rows are written in chunks by per-dtype row
-// functions that the compiler vectorizes (dropout's Philox words included), cloned for AVX-512 and AVX2 machines
-// and chosen at load time; outputs larger than the cache are written with non-temporal stores.
+// stay in L2 while every batch row of the tile streams through. A tile whose rows lie back to back in x, out and pe is
+// written as one span (else row by row) by per-dtype row functions that the compiler vectorizes (dropout's Philox
+// words included), cloned for AVX-512 and AVX2 machines and chosen at load time; outputs larger than the cache are
+// written with non-temporal stores.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -26,9 +27,11 @@ using pe_ext::cpu::bits_of;
 using pe_ext::cpu::Element;
 using pe_ext::cpu::storage_t;
 
-constexpr int64_t kTileValues = 8192;          // pe values per tile: 32 KiB of float, kept in L1/L2
+// pe values per tile: 256 KiB of float, which stay in L2 while the batch rows stream past. Smaller tiles cost more
+// per element (a jump to another batch row every few KiB; 32 KiB tiles measured 20-40% slower than torch.add).
+constexpr int64_t kTileBytes = 256 << 10;
 constexpr int64_t kElementsPerTask = 1 << 15;  // enough work per parallel task to pay for its start (as ATen's grain)
-constexpr int64_t kRowChunk = 1024;            // a row is written in chunks of this many elements
+constexpr int64_t kChunk = 1024;               // elements per pass through scratch (dropout's words, streaming)
 constexpr int64_t kStreamingBytes = 16 << 20;  // outputs from this size on (half of a 32 MiB L3) are streamed
 
 // --- Row functions over contiguous storage bits (common/cpu_rows.h), which the compiler vectorizes.
@@ -133,6 +136,17 @@ class PeRows {
     return is_padding(pos) ? zero_row_.data() : reinterpret_cast<const acc_t*>(table_) + pos * table_stride_l_;
   }
 
+  // The pe rows of positions (b, l_begin) .. (b, l_end - 1) back to back in the table, or nullptr where they are
+  // not: explicit positions, a padding row among them, or table rows with gaps.
+  const acc_t* span_in_place(int64_t b, int64_t l_begin, int64_t l_end) const {
+    if (positions_ != nullptr) return nullptr;
+    const int64_t first = p_.offset + l_begin, last = p_.offset + l_end - 1;
+    const bool rows_adjacent = table_stride_l_ == p_.d_model() || l_end - l_begin == 1;
+    const bool padding_inside = p_.padding_idx >= 0 && p_.padding_idx >= first && p_.padding_idx <= last;
+    if (!rows_adjacent || padding_inside) return nullptr;
+    return row_in_place(first);
+  }
+
   void fill(pos_t pos, acc_t* row) const {
     const int64_t d_model = p_.d_model();
     if (is_padding(pos) || alpha_ == acc_t(0)) {  // alpha 0: backward's dropout-mask pass needs no pe
@@ -180,16 +194,16 @@ class PeRows {
   const double max_abs_freq_;
 };
 
-// --- Writes one output row chunk by chunk: x * scale + pe, then dropout. With dropout, the chunk's Philox words
-// come first (element (b, l, j) has the logical index (b * seq_len + l) * d_model + j); a streamed output is
-// computed into scratch, then streamed out.
+// --- Writes output elements: x * scale + pe, then dropout; a row, or several rows that lie back to back. With
+// dropout, each chunk's Philox words come first (element (b, l, j) has the logical index (b * seq_len + l) *
+// d_model + j); a streamed output is computed into scratch chunk by chunk, then streamed out.
 template <typename scalar_t>
 class RowWriter {
  public:
   using acc_t = at::opmath_type<scalar_t>;
   struct Scratch {
-    alignas(64) uint32_t words[kRowChunk + 4];
-    alignas(64) storage_t<scalar_t> values[kRowChunk];
+    alignas(64) uint32_t words[kChunk + 4];
+    alignas(64) storage_t<scalar_t> values[kChunk];
   };
 
   explicit RowWriter(const SinusoidalProblem& p)
@@ -197,6 +211,7 @@ class RowWriter {
         x_stride_d_(p.x.defined() ? p.x.stride(2) : 1),
         out_stride_d_(p.out.stride(2)),
         contiguous_rows_(p.x.defined() && x_stride_d_ == 1 && out_stride_d_ == 1),
+        adjacent_rows_(contiguous_rows_ && p.x.stride(1) == d_model_ && p.out.stride(1) == d_model_),
         scale_(static_cast<acc_t>(p.scale)),
         dropout_(p.dropout > 0),
         threshold_(dropout_threshold(p.dropout)),
@@ -206,11 +221,16 @@ class RowWriter {
                    p.out.numel() * static_cast<int64_t>(sizeof(scalar_t)) >= kStreamingBytes) {}
 
   bool streaming() const { return streaming_; }
+  // Whether x's and out's rows lie back to back, so that consecutive rows can be written as one span.
+  bool adjacent_rows() const { return adjacent_rows_; }
 
-  // src: the row of x (nullptr when building a table), pe: its d_model values, dst: the row of out.
-  void write(const scalar_t* src, const acc_t* pe, scalar_t* dst, uint64_t first_index, Scratch& s) const {
-    for (int64_t j = 0; j < d_model_; j += kRowChunk) {
-      const int64_t n = std::min(kRowChunk, d_model_ - j);
+  // src: x's first element (nullptr when building a table), pe: the count pe values, dst: out's first element;
+  // count is d_model, or a multiple of it when adjacent_rows().
+  void write(const scalar_t* src, const acc_t* pe, scalar_t* dst, uint64_t first_index, int64_t count,
+             Scratch& s) const {
+    const int64_t chunk = dropout_ || streaming_ ? kChunk : count;
+    for (int64_t j = 0; j < count; j += chunk) {
+      const int64_t n = std::min(chunk, count - j);
       const uint32_t* words = dropout_ ? chunk_words(first_index + static_cast<uint64_t>(j), n, s) : nullptr;
       if (!contiguous_rows_) {
         add_row_strided(src == nullptr ? nullptr : src + j * x_stride_d_, x_stride_d_, pe + j, scale_, words,
@@ -236,7 +256,7 @@ class RowWriter {
   }
 
   const int64_t d_model_, x_stride_d_, out_stride_d_;
-  const bool contiguous_rows_;
+  const bool contiguous_rows_, adjacent_rows_;
   const acc_t scale_;
   const bool dropout_;
   const uint32_t threshold_;
@@ -245,54 +265,115 @@ class RowWriter {
   const bool streaming_;
 };
 
-// --- The tiling loop. Work item i = (tile i / batch, batch row i % batch): a task computes a tile's pe rows once for
-// all its rows (once per row when positions differ between rows).
-template <typename scalar_t, typename table_t, typename pos_t>
-void add_pe_typed(const SinusoidalProblem& p) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t batch = p.batch(), seq_len = p.seq_len(), d_model = p.d_model();
-  const scalar_t* x = p.x.defined() ? p.x.const_data_ptr<scalar_t>() : nullptr;
-  scalar_t* out = p.out.data_ptr<scalar_t>();
-  const int64_t x_stride_b = x ? p.x.stride(0) : 0, x_stride_l = x ? p.x.stride(1) : 0;
-  const int64_t out_stride_b = p.out.stride(0), out_stride_l = p.out.stride(1);
-  const PeRows<scalar_t, table_t, pos_t> rows(p);
-  const RowWriter<scalar_t> writer(p);
+// The calling thread's tile, kept between calls: a tile is too large for the stack, and a fresh one per task would
+// be fresh memory to page-fault in on every call.
+template <typename acc_t>
+acc_t* thread_tile(int64_t values) {
+  thread_local std::vector<acc_t> tile;
+  if (tile.size() < static_cast<size_t>(values)) tile.resize(values);
+  return tile.data();
+}
 
-  const int64_t tile_len = std::max<int64_t>(1, kTileValues / std::max<int64_t>(1, d_model));
-  const int64_t tiles = (seq_len + tile_len - 1) / tile_len;
-  const int64_t grain = std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(1, tile_len * d_model));
-  at::parallel_for(0, tiles * batch, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> tile_values(rows.in_place() ? 0 : tile_len * d_model);
+// --- The tiling loop. Work item i = (tile i / batch, batch row i % batch): a task computes a tile's pe rows once for
+// all its items (once per item when positions differ between batch rows), then writes the item's rows, as one span
+// when they lie back to back in x, out and pe.
+template <typename scalar_t, typename table_t, typename pos_t>
+class TiledAdd {
+ public:
+  using acc_t = at::opmath_type<scalar_t>;
+
+  explicit TiledAdd(const SinusoidalProblem& p)
+      : batch_(p.batch()),
+        seq_len_(p.seq_len()),
+        d_model_(p.d_model()),
+        x_(p.x.defined() ? p.x.const_data_ptr<scalar_t>() : nullptr),
+        out_(p.out.data_ptr<scalar_t>()),
+        x_stride_b_(x_ ? p.x.stride(0) : 0),
+        x_stride_l_(x_ ? p.x.stride(1) : 0),
+        out_stride_b_(p.out.stride(0)),
+        out_stride_l_(p.out.stride(1)),
+        tile_len_(
+            std::min(seq_len_, std::max<int64_t>(1, kTileBytes / sizeof(acc_t) / std::max<int64_t>(1, d_model_)))),
+        tiles_((seq_len_ + tile_len_ - 1) / tile_len_),
+        rows_(p),
+        writer_(p) {}
+
+  void run() const {
+    const int64_t grain = std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(1, tile_len_ * d_model_));
+    at::parallel_for(0, tiles_ * batch_, grain, [&](int64_t begin, int64_t end) { run_items(begin, end); });
+  }
+
+ private:
+  struct Item {
+    int64_t tile, b, l_begin, l_end;
+  };
+
+  Item item(int64_t i) const {
+    const int64_t tile = i / batch_, l_begin = tile * tile_len_;
+    return {tile, i % batch_, l_begin, std::min(seq_len_, l_begin + tile_len_)};
+  }
+
+  void run_items(int64_t begin, int64_t end) const {
+    acc_t* tile = rows_.in_place() ? nullptr : thread_tile<acc_t>(tile_len_ * d_model_);
     typename RowWriter<scalar_t>::Scratch scratch;
-    int64_t filled = -1;  // the work item whose pe the tile holds
+    int64_t filled = -1;  // the tile, or with per-row positions the work item, whose pe `tile` holds
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t tile = i / batch, b = i % batch;
-      const int64_t l_begin = tile * tile_len, l_end = std::min(seq_len, l_begin + tile_len);
-      const int64_t key = rows.per_batch_row() ? i : tile * batch;
-      if (!rows.in_place() && key != filled) {
-        for (int64_t l = l_begin; l < l_end; ++l) rows.fill(rows.position(b, l), &tile_values[(l - l_begin) * d_model]);
+      const Item it = item(i);
+      const int64_t key = rows_.per_batch_row() ? i : it.tile;
+      if (tile != nullptr && key != filled) {
+        for (int64_t l = it.l_begin; l < it.l_end; ++l) rows_.fill(rows_.position(it.b, l), tile_row(tile, it, l));
         filled = key;
       }
-      for (int64_t l = l_begin; l < l_end; ++l) {
-        const acc_t* pe =
-            rows.in_place() ? rows.row_in_place(rows.position(b, l)) : &tile_values[(l - l_begin) * d_model];
-        writer.write(x ? x + b * x_stride_b + l * x_stride_l : nullptr, pe, out + b * out_stride_b + l * out_stride_l,
-                     static_cast<uint64_t>((b * seq_len + l) * d_model), scratch);
-      }
+      write_item(it, tile, scratch);
     }
-    if (writer.streaming()) pe_ext::cpu::stream_fence();
-  });
-}
+    if (writer_.streaming()) pe_ext::cpu::stream_fence();
+  }
+
+  // tile: the item's pe rows, or nullptr when they are read from the table in place.
+  void write_item(const Item& it, const acc_t* tile, typename RowWriter<scalar_t>::Scratch& scratch) const {
+    const acc_t* span = !writer_.adjacent_rows() ? nullptr
+                        : tile != nullptr        ? tile
+                                                 : rows_.span_in_place(it.b, it.l_begin, it.l_end);
+    if (span != nullptr) {
+      writer_.write(x_row(it.b, it.l_begin), span, out_row(it.b, it.l_begin), first_index(it.b, it.l_begin),
+                    (it.l_end - it.l_begin) * d_model_, scratch);
+      return;
+    }
+    for (int64_t l = it.l_begin; l < it.l_end; ++l) {
+      const acc_t* pe = tile != nullptr ? tile_row(tile, it, l) : rows_.row_in_place(rows_.position(it.b, l));
+      writer_.write(x_row(it.b, l), pe, out_row(it.b, l), first_index(it.b, l), d_model_, scratch);
+    }
+  }
+
+  template <typename T>
+  T* tile_row(T* tile, const Item& it, int64_t l) const {
+    return tile + (l - it.l_begin) * d_model_;
+  }
+  const scalar_t* x_row(int64_t b, int64_t l) const { return x_ ? x_ + b * x_stride_b_ + l * x_stride_l_ : nullptr; }
+  scalar_t* out_row(int64_t b, int64_t l) const { return out_ + b * out_stride_b_ + l * out_stride_l_; }
+  uint64_t first_index(int64_t b, int64_t l) const { return static_cast<uint64_t>((b * seq_len_ + l) * d_model_); }
+
+  const int64_t batch_, seq_len_, d_model_;
+  const scalar_t* x_;
+  scalar_t* out_;
+  const int64_t x_stride_b_, x_stride_l_, out_stride_b_, out_stride_l_;
+  const int64_t tile_len_, tiles_;  // positions per tile (kTileBytes of pe), and tiles along seq_len
+  const PeRows<scalar_t, table_t, pos_t> rows_;
+  const RowWriter<scalar_t> writer_;
+};
 
 void add_pe_cpu(const SinusoidalProblem& p) {
   if (p.out.numel() == 0) return;
+  if (p.out.is_non_overlapping_and_dense()) {
+    pe_ext::cpu::advise_huge_pages_if_untouched(p.out.data_ptr(), p.out.numel() * p.out.element_size());
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.out.scalar_type(), "pe_ext_cpu_add_pe", [&] {
     if (p.positions.defined() && p.positions.scalar_type() == at::kDouble) {
-      add_pe_typed<scalar_t, scalar_t, double>(p);  // fractional positions, never with a table
+      TiledAdd<scalar_t, scalar_t, double>(p).run();  // fractional positions, never with a table
     } else if (p.table.defined() && p.table.scalar_type() != p.out.scalar_type()) {
-      add_pe_typed<scalar_t, float, int64_t>(p);  // the module's float32 table under half/bfloat16/double data
+      TiledAdd<scalar_t, float, int64_t>(p).run();  // the module's float32 table under half/bfloat16/double data
     } else {
-      add_pe_typed<scalar_t, scalar_t, int64_t>(p);
+      TiledAdd<scalar_t, scalar_t, int64_t>(p).run();
     }
   });
 }

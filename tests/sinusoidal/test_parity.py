@@ -41,6 +41,45 @@ def test_table_mode_adds_the_table_rows(impl, dtype, table_dtype, layout):
 
 
 @pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
+@pytest.mark.parametrize("table_layout", ["adjacent_rows", "rows_with_gaps", "none"])
+@pytest.mark.parametrize("padding_idx", [-1, 20])
+@pytest.mark.parametrize("dtype,dropout,x_layout", [
+    (torch.float32, 0.0, "contiguous"), (torch.float32, 0.0, "sliced_d"), (torch.float32, 0.0, "permuted"),
+    (torch.float64, 0.0, "contiguous"), (torch.bfloat16, 0.0, "contiguous"), (torch.float16, 0.0, "permuted"),
+    (torch.float32, 0.2, "contiguous"), (torch.bfloat16, 0.2, "sliced_d")], ids=str)
+def test_rows_across_several_tiles(impl, table_layout, padding_idx, dtype, dropout, x_layout):
+    """Wide rows, so that the CPU kernel's tiles hold a few positions each and the sequence spans several: whole
+    tiles written as one span (rows back to back in x, out and the table) or row by row (gaps between rows, a padding
+    row among them), batch rows sharing each tile, the table read in place (float32, or float64 under float64 data)
+    or widened, dropout's mask drawn by each element's own index."""
+    d_model, seq_len, offset = 4096, 40, 3  # 256 KiB tiles: 16 positions of float, 8 of double
+    x = make_x((3, seq_len, d_model), dtype, x_layout)
+    table = None
+    if table_layout == "adjacent_rows":
+        table = ClassicPositionalEncoding(d_model, max_len=64).pe
+    elif table_layout == "rows_with_gaps":  # a prefix of wider rows
+        table = ClassicPositionalEncoding(2 * d_model, max_len=64).pe[..., :d_model]
+    if table is not None and dtype == torch.float64:
+        table = table.double()
+    seed = torch.tensor(2**40 + 5)
+    out = impl(x, table, offset, 1.0, 10000.0, 1, padding_idx=padding_idx, dropout=dropout, seed=seed)
+    positions = torch.arange(offset, offset + seq_len)
+    pe = oracle_pe(positions, d_model) if table is None else table[0, offset : offset + seq_len].double()
+    pe = torch.where((positions == padding_idx).unsqueeze(-1), torch.zeros_like(pe), pe)
+    expected = x.double() + pe
+    if dropout > 0:  # the fallback's mask, which test_dropout checks against the Philox oracle
+        mask = pe_ext.sinusoidal.fallback.add_pe(x, None, offset, 1.0, 1, dropout=dropout, seed=seed) != 0
+        kept_apart = expected.abs() > 1e-2  # where x + pe cancels, a kept element can round to 0
+        assert torch.equal((out != 0)[kept_apart], mask[kept_apart])
+        expected = torch.where(mask, expected / (1 - dropout), torch.zeros_like(expected))
+    if table is not None and dtype in (torch.float32, torch.float64) and dropout == 0:  # one rounding: bit-exact
+        torch.testing.assert_close(out, expected.to(dtype), atol=0, rtol=0)
+    else:
+        atol, rtol = tolerance(dtype, offset + seq_len, 6.0 / (1 - dropout))
+        torch.testing.assert_close(out.double(), expected, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
 @pytest.mark.parametrize("d_model", [1, 2, 3, 7, 8, 9, 33, 130])
 def test_odd_and_small_d_model(impl, d_model):
     x = torch.randn(2, 5, d_model)
