@@ -240,14 +240,7 @@ def test_cuda_graph_capture_and_replay(buffer):
         torch.ops.pe_ext.fill_table_(static_table, 11)
         return out, inplace
 
-    side = torch.cuda.Stream()  # warm up on a side stream before capture, as the CUDA graphs docs ask
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out, static_inplace = step()
+    graph, (static_out, static_inplace) = capture(step)
 
     for _ in range(3):
         x = torch.randn_like(static_x)

@@ -276,12 +276,7 @@ def test_torchscript_scripts_a_model_holding_layers_and_its_eager_copy_keeps_wor
 
 def test_torchscript_training_draws_a_fresh_mask_per_call_as_eager():
     layer = pe_ext.PositionalEncoding(D_MODEL, MAX_LEN, 0.5)
-    scripted = torch.jit.script(layer)
-    x = torch.randn(2, 7, D_MODEL)
-    outs = two_calls(1, scripted, x)
-    assert not torch.equal(outs[0], outs[1])
-    for got, want in zip(outs, two_calls(1, layer, x)):
-        torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert_fresh_masks_as_eager(torch.jit.script(layer), layer)
 
 
 def test_torchscript_calls_spell_out_every_encoding_option():
@@ -297,6 +292,15 @@ def two_calls(seed, f, *args):
     """Two calls in a row after torch.manual_seed(seed)."""
     torch.manual_seed(seed)
     return f(*args), f(*args)
+
+
+def assert_fresh_masks_as_eager(graph_layer, layer):
+    """Two training calls of the captured layer draw two masks, each the eager layer's under the same seed."""
+    x = torch.randn(2, 7, D_MODEL)
+    outs = two_calls(1, graph_layer, x)
+    assert not torch.equal(outs[0], outs[1])
+    for got, want in zip(outs, two_calls(1, layer, x)):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
 
 
 # torch.fx
@@ -330,12 +334,7 @@ def test_fx_traces_every_layer_to_its_op_equal_to_eager(name, dtype):
 
 def test_fx_traced_training_draws_a_fresh_mask_per_call_as_eager():
     layer = pe_ext.PositionalEncoding(D_MODEL, MAX_LEN, 0.5)
-    traced = torch.fx.symbolic_trace(Holder(layer))
-    x = torch.randn(2, 7, D_MODEL)
-    outs = two_calls(1, traced, x)
-    assert not torch.equal(outs[0], outs[1])
-    for got, want in zip(outs, two_calls(1, layer, x)):
-        torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert_fresh_masks_as_eager(torch.fx.symbolic_trace(Holder(layer)), layer)
 
 
 # jit.trace
@@ -344,12 +343,8 @@ def test_fx_traced_training_draws_a_fresh_mask_per_call_as_eager():
 def test_jit_trace_in_training_mode_draws_a_fresh_mask_per_call_as_eager():
     """The seed is drawn by torch.randint, which the trace records: each call of the traced module draws its own."""
     layer = pe_ext.PositionalEncoding(D_MODEL, MAX_LEN, 0.5)
-    x = torch.randn(2, 7, D_MODEL)
-    traced = torch.jit.trace(layer, (x,), check_trace=False)  # the check would compare two different masks
-    outs = two_calls(1, traced, x)
-    assert not torch.equal(outs[0], outs[1])
-    for got, want in zip(outs, two_calls(1, layer, x)):
-        torch.testing.assert_close(got, want, atol=0, rtol=0)
+    # check_trace=False: the check would compare two different masks
+    assert_fresh_masks_as_eager(torch.jit.trace(layer, (torch.randn(2, 7, D_MODEL),), check_trace=False), layer)
 
 
 # torch.export and AOTInductor
