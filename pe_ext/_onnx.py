@@ -63,6 +63,29 @@ class OnnxGraph:
         raise NotImplementedError
 
 
+def cast(g: OnnxGraph, value, have: torch.dtype, want: torch.dtype):
+    """value (of dtype `have`) as `want`: a Cast only where they differ."""
+    return value if have == want else g.op("Cast", value, to=ONNX_DTYPES[want])
+
+
+def axes(g: OnnxGraph, *numbers: int):
+    """An int64 list constant: the axes (or starts, ends, shape) input of Unsqueeze, Slice, Reshape..."""
+    return g.constant(list(numbers), torch.int64)
+
+
+# The precise angle's constants (csrc/common/angle.h): 2*pi rounded to double, its tail, 1 / (2*pi).
+_TWO_PI, _TWO_PI_TAIL, _INV_TWO_PI = 6.283185307179586, 2.4492935982947064e-16, 0.15915494309189535
+
+
+def reduced_angle(g: OnnxGraph, angle, acc: torch.dtype):
+    """A float64 angle reduced modulo 2*pi as the kernels' precise_angle does it (without their fused multiply-adds),
+    then cast to acc."""
+    turns = g.op("Round", g.op("Mul", angle, g.constant(_INV_TWO_PI, torch.float64)))  # half to even, as rint
+    reduced = g.op("Sub", g.op("Sub", angle, g.op("Mul", turns, g.constant(_TWO_PI, torch.float64))),
+                   g.op("Mul", turns, g.constant(_TWO_PI_TAIL, torch.float64)))
+    return cast(g, reduced, torch.float64, acc)
+
+
 # The TorchScript exporter's attribute names carry their type as a suffix.
 _ATTRIBUTE_SUFFIX = {int: "i", bool: "i", float: "f", str: "s", list: "i", tuple: "i", np.ndarray: "t"}
 
