@@ -37,8 +37,8 @@ def capturing_for_export() -> bool:
     graphs hold no writes, and neither exporter translates an op's write into a tensor: while capturing, a family's
     functions that write (the sinusoidal table builders, its in-place add) call its functional op instead."""
     # torch._C._is_tracing() is torch.jit.is_tracing() without its test for TorchScript (~0.1 us a call), which
-    # never compiles these functions.
-    return torch.compiler.is_exporting() or torch._C._is_tracing()
+    # never compiles these functions; torch.compile cannot trace it (a graph break), and never runs under jit.trace.
+    return torch.compiler.is_exporting() or (not torch.compiler.is_compiling() and torch._C._is_tracing())
 
 
 class OnnxGraph:
