@@ -82,8 +82,10 @@ def _coefficients(g: OnnxGraph, q, ids, rotary_dim: int, acc: torch.dtype, optio
         (cos_a, cos_b), (sin_a, sin_b) = _columns(g, cos, options["style"], n), _columns(g, sin, options["style"], n)
     else:
         given = options["inv_freq"]
-        freqs = reference.default_inv_freq(options["base"], rotary_dim, acc).numpy() if given is None else given
-        freqs = g.constant(freqs, acc) if given is None else cast(g, given, g.dtype(given), acc)
+        if given is None:
+            freqs = g.constant(reference.default_inv_freq(options["base"], rotary_dim, acc).numpy(), acc)
+        else:
+            freqs = cast(g, given, g.dtype(given), acc)
         if options["precise_angle"] and acc != torch.float64:
             column = g.op("Unsqueeze", cast(g, ids, torch.int64, torch.float64), axes(g, -1))
             angle = reduced_angle(g, g.op("Mul", column, cast(g, freqs, acc, torch.float64)), acc)
