@@ -37,8 +37,8 @@ def capturing_for_export() -> bool:
     graphs hold no writes, and neither exporter translates an op's write into a tensor: while capturing, a family's
     functions that write (the sinusoidal table builders, its in-place add) call its functional op instead."""
     # torch._C._is_tracing() is torch.jit.is_tracing() without its test for TorchScript (~0.1 us a call), which
-    # never compiles these functions.
-    return torch.compiler.is_exporting() or torch._C._is_tracing()
+    # never compiles these functions; torch.compile cannot trace it (a graph break), and never runs under jit.trace.
+    return torch.compiler.is_exporting() or (not torch.compiler.is_compiling() and torch._C._is_tracing())
 
 
 class OnnxGraph:
@@ -61,6 +61,29 @@ class OnnxGraph:
     def width(self, value) -> int | None:
         """The size of the value's last dimension, None if it is dynamic."""
         raise NotImplementedError
+
+
+def cast(g: OnnxGraph, value, have: torch.dtype, want: torch.dtype):
+    """value (of dtype `have`) as `want`: a Cast only where they differ."""
+    return value if have == want else g.op("Cast", value, to=ONNX_DTYPES[want])
+
+
+def axes(g: OnnxGraph, *numbers: int):
+    """An int64 list constant: the axes (or starts, ends, shape) input of Unsqueeze, Slice, Reshape..."""
+    return g.constant(list(numbers), torch.int64)
+
+
+# The precise angle's constants (csrc/common/angle.h): 2*pi rounded to double, its tail, 1 / (2*pi).
+_TWO_PI, _TWO_PI_TAIL, _INV_TWO_PI = 6.283185307179586, 2.4492935982947064e-16, 0.15915494309189535
+
+
+def reduced_angle(g: OnnxGraph, angle, acc: torch.dtype):
+    """A float64 angle reduced modulo 2*pi as the kernels' precise_angle does it (without their fused multiply-adds),
+    then cast to acc."""
+    turns = g.op("Round", g.op("Mul", angle, g.constant(_INV_TWO_PI, torch.float64)))  # half to even, as rint
+    reduced = g.op("Sub", g.op("Sub", angle, g.op("Mul", turns, g.constant(_TWO_PI, torch.float64))),
+                   g.op("Mul", turns, g.constant(_TWO_PI_TAIL, torch.float64)))
+    return cast(g, reduced, torch.float64, acc)
 
 
 # The TorchScript exporter's attribute names carry their type as a suffix.

@@ -1,9 +1,10 @@
-"""What every op family's tests share: the dtypes, input builders for every memory layout, and markers for what a
-test needs (the compiled extension, its test-only ops). GPU tests are marked `cuda` (conftest.py skips them, saying
+"""What every op family's tests share: the dtypes, input builders for every memory layout, markers for what a
+test needs (the compiled extension, its test-only ops, the ONNX packages), and running an ONNX export. GPU tests are marked `cuda` (conftest.py skips them, saying
 why, where no CUDA device is present)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
@@ -23,6 +24,31 @@ requires_testing_ops = pytest.mark.skipif(
     reason="PE_EXT_FORCE_FALLBACK=1: no compiled extension" if FORCED_FALLBACK else
     "the extension was built without its test-only ops (the CUDA grid emulators); build with PE_EXT_TESTING=1",
 )
+
+# The ONNX graphs' results against eager: the same float32 math (float64 for float64 data) with other sin/cos and
+# evaluation orders (a few ulps), then one rounding to the data's dtype (float16: one of its ulps where that flips).
+ONNX_TOLERANCE = {torch.float64: {"atol": 1e-14, "rtol": 1e-14}, torch.float32: {"atol": 1e-6, "rtol": 1e-6},
+                  torch.float16: {"atol": 1e-3, "rtol": 1e-3}}
+
+requires_onnx = pytest.mark.skipif(
+    not all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime")),
+    reason="needs onnx, onnxscript and onnxruntime (pe_ext's test extras)")
+
+
+def run_onnx(onnx_bytes: bytes, inputs) -> list[torch.Tensor]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    feed = {i.name: tensor.numpy() for i, tensor in zip(session.get_inputs(), inputs)}
+    return [torch.from_numpy(out) for out in session.run(None, feed)]
+
+
+def op_types(onnx_bytes: bytes) -> set[tuple[str, str]]:
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    return {(node.domain, node.op_type) for node in model.graph.node}
+
 
 LAYOUTS = ["contiguous", "strided_d", "sliced_d", "misaligned", "permuted"]
 

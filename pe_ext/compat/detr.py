@@ -9,6 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .._onnx import capturing_for_export
 from .._scripting import Scriptable
 from ._common import sin_cos_of_angles
 
@@ -74,9 +75,10 @@ def sin_cos_of_quotients(values: Tensor, periods: Tensor, distinct: bool | None 
     """[sin(v / p), cos(v / p)] for every value v and period p, shaped values.shape + (len(periods), 2), the quotients
     rounded to float32 as DETR divides. distinct (default: on the CPU) computes them for the distinct values only
     (an image has few: its row and column counts) and gathers the rows: the same values, without a kernel call per
-    element; elsewhere torch.unique would make the device wait."""
+    element; elsewhere torch.unique would make the device wait. Not while a graph is captured for export: jit.trace
+    would record the number of distinct values of the example as a constant."""
     if distinct is None:
-        distinct = values.device.type == "cpu"
+        distinct = values.device.type == "cpu" and not capturing_for_export()
     if not distinct:
         return sin_cos_of_angles(values[..., None] / periods)
     uniques, inverse = torch.unique(values, return_inverse=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .._onnx import capturing_for_export
 from .._scripting import Scriptable, register_scriptable
 from . import hf, reference
 from .ops import apply_rotary
@@ -114,11 +115,18 @@ class RotaryEmbedding(Scriptable, nn.Module):
         sin = emb.sin() * self.attention_scaling
         return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
 
-    def forward(self, q: Tensor, k: Tensor | None = None, *, positions: Tensor | None = None, offset: int = 0,
+    # Not keyword-only: torch.onnx's TorchScript-based exporter passes a top-level model's defaults positionally.
+    def forward(self, q: Tensor, k: Tensor | None = None, positions: Tensor | None = None, offset: int = 0,
                 cu_seqlens: Tensor | None = None, layout: str | None = None, inplace: bool = False):
         """q (and k) rotated by the angles of their positions (see pe_ext.apply_rotary for layouts and positions);
         returns q, or (q, k) when k is given."""
         if self._follows_length():
+            if capturing_for_export():
+                raise NotImplementedError(
+                    f"pe_ext: RotaryEmbedding with rope type {self.rope_type!r} cannot be exported (ONNX, "
+                    "torch.export, jit.trace): it recomputes its frequencies from each call's length, which a graph "
+                    "captured at one length would not; export a rope type whose frequencies are fixed (default, "
+                    "linear, yarn, llama3)")
             self._follow_length(self._longest(q, positions, offset, cu_seqlens, layout))
         return apply_rotary(q, k, positions=positions, offset=offset, cu_seqlens=cu_seqlens, layout=layout,
                             inplace=inplace, inv_freq=self.inv_freq, style=self.style,

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from .. import _backend
 from .._checks import INT64_MAX
+from .._onnx import capturing_for_export
 from . import checks, fallback, schema
 
 _backend.register_family("rotary", _backend.Family(schema.SCHEMAS, fallback.KERNELS, composite=set(fallback.KERNELS)))
@@ -52,6 +53,10 @@ def apply_rotary(q: Tensor, k: Tensor | None = None, *, positions: Tensor | None
              "cu_seqlens": cu_seqlens, "cos": cos, "sin": sin, "layout": layout}
     # Only what differs from the schema's defaults: each keyword given to a torch.ops call costs time to parse.
     keywords = {name: value for name, value in given.items() if not _is_default(name, value)}
+    if inplace and capturing_for_export():  # the functional op, copied in: exporters translate no writes
+        q_out, k_out = torch.ops.pe_ext.rotary.default(q, k, **keywords)
+        q.copy_(q_out)
+        return q if k is None else (q, k.copy_(k_out))
     if inplace:
         torch.ops.pe_ext.rotary_.default(q, k, **keywords)
         return q if k is None else (q, k)

@@ -21,20 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from .._onnx import ONNX_DTYPES, OnnxGraph, register_translation
+from .._onnx import OnnxGraph, axes, cast, reduced_angle, register_translation
 from . import ops, reference  # noqa: F401  (ops registers the ops translated here: torch.onnx may be loaded already)
 from .schema import ENCODING
-
-# math.h's constants of the precise angle.
-_TWO_PI, _TWO_PI_TAIL, _INV_TWO_PI = 6.283185307179586, 2.4492935982947064e-16, 0.15915494309189535
-
-
-def _cast(g: OnnxGraph, value, have: torch.dtype, want: torch.dtype):
-    return value if have == want else g.op("Cast", value, to=ONNX_DTYPES[want])
-
-
-def _axes(g: OnnxGraph, *axes: int):
-    return g.constant(list(axes), torch.int64)
 
 
 def _positions(g: OnnxGraph, x, dim: int, offset, positions):
@@ -44,9 +33,9 @@ def _positions(g: OnnxGraph, x, dim: int, offset, positions):
         length = g.op("Gather", g.op("Shape", x), g.constant(dim, torch.int64))
         return g.op("Range", offset, g.op("Add", offset, length), g.constant(1, torch.int64)), torch.int64
     if g.dtype(positions).is_floating_point:
-        as_double = _cast(g, positions, g.dtype(positions), torch.float64)
-        return g.op("Add", as_double, g.op("Cast", offset, to=ONNX_DTYPES[torch.float64])), torch.float64
-    return g.op("Add", _cast(g, positions, g.dtype(positions), torch.int64), offset), torch.int64
+        as_double = cast(g, positions, g.dtype(positions), torch.float64)
+        return g.op("Add", as_double, cast(g, offset, torch.int64, torch.float64)), torch.float64
+    return g.op("Add", cast(g, positions, g.dtype(positions), torch.int64), offset), torch.int64
 
 
 def _frequencies(g: OnnxGraph, d_model: int, options: dict, angle_dtype: torch.dtype):
@@ -54,7 +43,7 @@ def _frequencies(g: OnnxGraph, d_model: int, options: dict, angle_dtype: torch.d
     else the values the kernels use, computed now by the reference (torch's own CPU ops, as frequencies.cpp)."""
     given = options["inv_freq"]
     if given is not None:
-        return _cast(g, given, g.dtype(given), angle_dtype)
+        return cast(g, given, g.dtype(given), angle_dtype)
     values = reference.frequencies(d_model, {k: options[k] for k in ENCODING}, angle_dtype == torch.float64)
     return g.constant(values.numpy(), angle_dtype)
 
@@ -64,14 +53,11 @@ def _angles(g: OnnxGraph, ids, ids_dtype: torch.dtype, d_model: int, acc: torch.
     precise = options["precise_angle"] and acc != torch.float64  # float64 math needs no help
     angle_dtype = torch.float64 if precise else acc
     freqs = _frequencies(g, d_model, options, angle_dtype)
-    column = g.op("Unsqueeze", _cast(g, ids, ids_dtype, angle_dtype), _axes(g, -1))
+    column = g.op("Unsqueeze", cast(g, ids, ids_dtype, angle_dtype), axes(g, -1))
     angle = g.op("Mul", column, freqs)
     if not precise:
         return angle
-    turns = g.op("Round", g.op("Mul", angle, g.constant(_INV_TWO_PI, torch.float64)))  # half to even, as rint
-    reduced = g.op("Sub", g.op("Sub", angle, g.op("Mul", turns, g.constant(_TWO_PI, torch.float64))),
-                   g.op("Mul", turns, g.constant(_TWO_PI_TAIL, torch.float64)))
-    return _cast(g, reduced, torch.float64, acc)
+    return reduced_angle(g, angle, acc)
 
 
 def _computed_rows(g: OnnxGraph, ids, ids_dtype: torch.dtype, d_model: int, acc: torch.dtype, options: dict):
@@ -80,32 +66,32 @@ def _computed_rows(g: OnnxGraph, ids, ids_dtype: torch.dtype, d_model: int, acc:
     sin, cos = g.op("Sin", angle), g.op("Cos", angle)
     leading = g.op("Shape", ids)
     if options["layout"] == "interleaved":
-        pairs = g.op("Concat", g.op("Unsqueeze", sin, _axes(g, -1)), g.op("Unsqueeze", cos, _axes(g, -1)), axis=-1)
+        pairs = g.op("Concat", g.op("Unsqueeze", sin, axes(g, -1)), g.op("Unsqueeze", cos, axes(g, -1)), axis=-1)
         width = 2 * reference.num_frequencies(d_model, "interleaved")
-        rows = g.op("Reshape", pairs, g.op("Concat", leading, _axes(g, width), axis=0))
+        rows = g.op("Reshape", pairs, g.op("Concat", leading, axes(g, width), axis=0))
         # An odd d_model's last frequency has a sin column only.
-        return rows if width == d_model else g.op("Slice", rows, _axes(g, 0), _axes(g, d_model), _axes(g, -1))
+        return rows if width == d_model else g.op("Slice", rows, axes(g, 0), axes(g, d_model), axes(g, -1))
     parts = [sin, cos] if options["layout"] == "concatenated" else [cos, sin]
     if d_model % 2:  # an odd d_model's last column is zero
         zero = torch.zeros(1, dtype=acc).numpy()
-        parts.append(g.op("ConstantOfShape", g.op("Concat", leading, _axes(g, 1), axis=0), value=zero))
+        parts.append(g.op("ConstantOfShape", g.op("Concat", leading, axes(g, 1), axis=0), value=zero))
     return g.op("Concat", *parts, axis=-1)
 
 
 def _pe_rows(g: OnnxGraph, ids, ids_dtype: torch.dtype, table, d_model: int, acc: torch.dtype, options: dict):
     """alpha * pe(ids, :) in acc, shaped ids.shape + (d_model,), zero where the position is padding_idx."""
     if table is not None:
-        rows = table if g.rank(table) == 2 else g.op("Squeeze", table, _axes(g, 0))
-        pe = _cast(g, g.op("Gather", rows, ids, axis=0), g.dtype(table), acc)
+        rows = table if g.rank(table) == 2 else g.op("Squeeze", table, axes(g, 0))
+        pe = cast(g, g.op("Gather", rows, ids, axis=0), g.dtype(table), acc)
     else:
         pe = _computed_rows(g, ids, ids_dtype, d_model, acc, options)
     if options["padding_idx"] >= 0:
         padding = g.op("Equal", ids, g.constant(options["padding_idx"], ids_dtype))
-        pe = g.op("Where", g.op("Unsqueeze", padding, _axes(g, -1)), g.constant(0.0, acc), pe)
+        pe = g.op("Where", g.op("Unsqueeze", padding, axes(g, -1)), g.constant(0.0, acc), pe)
     alpha = options["alpha"]
     if alpha is not None:
         scalar = g.op("Reshape", alpha, g.constant([], torch.int64))
-        pe = g.op("Mul", pe, _cast(g, scalar, g.dtype(alpha), acc))
+        pe = g.op("Mul", pe, cast(g, scalar, g.dtype(alpha), acc))
     return pe
 
 
@@ -129,11 +115,11 @@ def add_pe(g: OnnxGraph, x, table, offset, scale: float, seq_dim: int, **options
     pe = _pe_rows(g, ids, ids_dtype, table, d_model, acc, options)
     shared = options["positions"] is None or g.rank(options["positions"]) == 1  # (seq_len,) positions
     if shared and rank == 3 and dim == 0:
-        pe = g.op("Unsqueeze", pe, _axes(g, 1))  # (seq_len, 1, d_model) against (seq_len, batch, d_model)
-    scaled = _cast(g, x, x_dtype, acc)
+        pe = g.op("Unsqueeze", pe, axes(g, 1))  # (seq_len, 1, d_model) against (seq_len, batch, d_model)
+    scaled = cast(g, x, x_dtype, acc)
     if scale != 1.0:
         scaled = g.op("Mul", scaled, g.constant(scale, acc))
-    return _cast(g, g.op("Add", scaled, pe), acc, x_dtype)
+    return cast(g, g.op("Add", scaled, pe), acc, x_dtype)
 
 
 register_translation("add_pe", add_pe)

@@ -5,7 +5,6 @@ files check against the float64 oracle."""
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import io
 import re
@@ -21,18 +20,10 @@ from torch import nn
 import pe_ext
 from pe_ext.sinusoidal import schema, scripting
 from tests.compat import test_deploy as compat_deploy
-from tests.helpers import requires_extension
+from tests.helpers import ONNX_TOLERANCE, op_types, requires_extension, requires_onnx, run_onnx
 from tests.rotary import test_deploy as rotary_deploy
 
 D_MODEL, MAX_LEN = 16, 64
-# The ONNX graphs' results against eager: the same float32 math (float64 for float64 x) with other sin/cos and
-# evaluation orders (a few ulps), then one rounding to x's dtype (float16: one of its ulps where that flips).
-ONNX_TOLERANCE = {torch.float64: {"atol": 1e-14, "rtol": 1e-14}, torch.float32: {"atol": 1e-6, "rtol": 1e-6},
-                  torch.float16: {"atol": 1e-3, "rtol": 1e-3}}
-
-requires_onnx = pytest.mark.skipif(
-    not all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime")),
-    reason="needs onnx, onnxscript and onnxruntime (pe_ext's test extras)")
 # The dynamo exporter runs torch.export, through which the fallback's checks cannot read explicit positions.
 dynamo_exporter = pytest.param(True, marks=[pytest.mark.slow, requires_extension])
 
@@ -112,21 +103,6 @@ def export_onnx(model, inputs, dynamo: bool) -> bytes:
     buffer = io.BytesIO()
     torch.onnx.export(model, inputs, buffer, dynamo=False, input_names=ZOO_INPUT_NAMES, dynamic_axes=axes)
     return buffer.getvalue()
-
-
-def run_onnx(onnx_bytes: bytes, inputs) -> list[torch.Tensor]:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    feed = {i.name: tensor.numpy() for i, tensor in zip(session.get_inputs(), inputs)}
-    return [torch.from_numpy(out) for out in session.run(None, feed)]
-
-
-def op_types(onnx_bytes: bytes) -> set[tuple[str, str]]:
-    import onnx
-
-    model = onnx.load_from_string(onnx_bytes)
-    return {(node.domain, node.op_type) for node in model.graph.node}
 
 
 # ONNX
