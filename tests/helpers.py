@@ -70,3 +70,14 @@ def make_x(shape, dtype, layout, device="cpu"):
     if layout == "permuted":  # first two dimensions swapped in memory
         return randn(shape[1], shape[0], *shape[2:]).transpose(0, 1)
     raise ValueError(layout)
+
+
+class GraphRecorder:
+    """A torch.compile backend that keeps every graph it is given (one per compile) and runs it eagerly."""
+
+    def __init__(self):
+        self.graphs = []
+
+    def __call__(self, graph_module, example_inputs):
+        self.graphs.append(graph_module)
+        return graph_module.forward

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import pe_ext
-from tests.helpers import requires_extension
+from tests.helpers import GraphRecorder, requires_extension
 
 LENGTHS = [5, 7, 12, 30]  # no 0 or 1: torch.compile specializes those sizes by design
 
@@ -73,17 +73,6 @@ class Attention(nn.Module):
         k = self.k(x).view(batch, seq, 2, 8).transpose(1, 2)
         q, k = self.rotary(q, k, offset=offset)
         return q @ k.repeat_interleave(2, dim=1).transpose(-1, -2)
-
-
-class GraphRecorder:
-    """A torch.compile backend that keeps every graph it is given (one per compile) and runs it eagerly."""
-
-    def __init__(self):
-        self.graphs = []
-
-    def __call__(self, graph_module, example_inputs):
-        self.graphs.append(graph_module)
-        return graph_module.forward
 
 
 def test_compiles_in_one_graph_without_recompiling_per_length_or_offset():

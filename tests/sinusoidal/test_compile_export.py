@@ -16,6 +16,7 @@ from torch import nn
 from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
 import pe_ext
+from tests.helpers import GraphRecorder
 from tests.sinusoidal.oracle import oracle_add, oracle_encoding, tolerance
 
 D_MODEL, MAX_LEN = 16, 64
@@ -52,17 +53,6 @@ def make_x(seq_len, batch_first=True, features=D_MODEL, requires_grad=False):
 
 def pe_ext_calls(graph_module):
     return [n for n in graph_module.graph.nodes if n.target is torch.ops.pe_ext.add_pe.default]
-
-
-class GraphRecorder:
-    """A torch.compile backend that keeps every graph it is given (one per compile) and runs it eagerly."""
-
-    def __init__(self):
-        self.graphs = []
-
-    def __call__(self, graph_module, example_inputs):
-        self.graphs.append(graph_module)
-        return graph_module.forward
 
 
 # torch.compile
