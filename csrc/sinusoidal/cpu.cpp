@@ -38,9 +38,18 @@ constexpr int64_t kStreamingBytes = 16 << 20;  // outputs from this size on (hal
 
 // out[j] = x[j] * scale + pe[j] for one contiguous row.
 template <typename scalar_t, typename E = Element<scalar_t>>
-PE_ROW_CLONES void add_row(const typename E::storage* x, const typename E::acc* pe, typename E::acc scale,
-                           typename E::storage* out, int64_t n) {
+PE_ROW_CLONES void add_row_vectorized(const typename E::storage* x, const typename E::acc* pe, typename E::acc scale,
+                                      typename E::storage* out, int64_t n) {
   for (int64_t j = 0; j < n; ++j) out[j] = E::store(E::load(x[j]) * scale + pe[j]);
+}
+
+template <typename scalar_t, typename E = Element<scalar_t>>
+void add_row(const typename E::storage* x, const typename E::acc* pe, typename E::acc scale, typename E::storage* out,
+             int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    if (pe_ext::cpu::has_f16c_rows()) return pe_ext::cpu::f16c_scale_add_row(x, pe, scale, out, n);
+  }
+  add_row_vectorized<scalar_t>(x, pe, scale, out, n);
 }
 
 // The same followed by dropout: element j is kept (and scaled by keep_scale) when its Philox word words[j] says so.

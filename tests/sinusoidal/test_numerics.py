@@ -123,3 +123,17 @@ def test_largest_offsets_give_bounded_values(impl, dtype):
     added = out.double() - x.double() * 2.0
     assert added.isfinite().all()
     assert added.abs().max() <= 1 + 2 * OUTPUT_EPS[dtype] * 8
+
+
+@pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_every_float16_value_is_rounded_as_torch_rounds(impl, scale):
+    """All 65536 float16 bit patterns as x (NaNs, infinities, subnormals, the largest values), read from a float32
+    table: bit for bit torch's own float32 arithmetic rounded once to float16 (scale 1 and 0.5 make x * scale exact,
+    so a fused multiply-add rounds as that does). d_model 1025 leaves each row a tail outside 8-element steps."""
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    x = torch.cat([bits.view(torch.float16), torch.zeros(64, dtype=torch.float16)]).reshape(4, 16, 1025)
+    out, pe = run(impl, x, "table", offset=0, scale=scale)
+    expected = (x.float() * scale + pe.float()).half()
+    assert torch.equal(out.isnan(), expected.isnan())
+    assert torch.equal(out[~out.isnan()], expected[~expected.isnan()])
