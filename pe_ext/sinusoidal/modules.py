@@ -188,11 +188,13 @@ class PositionalEncoding(_GivenFrequencies):
         max_len, buffers, parameters = self.max_len, self._buffers, self._parameters
         pe = buffers["pe"] if "pe" in buffers else self.pe  # noqa: SIM401
         alpha = parameters["alpha"] if "alpha" in parameters else self.alpha  # noqa: SIM401
-        if x.dim() in (2, 3):
+        rank = x.dim()
+        seq_dim = 1 if rank == 3 and self.batch_first else 0
+        if rank in (2, 3):
             if x.shape[-1] != self.d_model:  # other ranks: the op names the problem
                 raise ValueError(f"pe_ext: x's last dimension ({x.shape[-1]}) must equal d_model ({self.d_model})")
             if pe is not None and positions is None and start_positions is None:
-                seq_len = x.shape[1 if x.dim() == 3 and self.batch_first else 0]
+                seq_len = x.shape[seq_dim]
                 if offset + seq_len > max_len:
                     if not self.grow:
                         raise ValueError(
@@ -204,12 +206,14 @@ class PositionalEncoding(_GivenFrequencies):
                 needed = self._positions_needed(x, offset, positions, start_positions)
                 if needed > max_len:
                     pe = self._grown_table(needed)
+        encoding = self._with_frequencies(self._op_encoding) if "inv_freq" in buffers else self._op_encoding
         # Dropout is fused into the add; self.dropout (an nn.Dropout, as in the tutorial module) holds p.
+        dropout = self._modules["dropout"].p if self.training else 0.0
+        if positions is None and start_positions is None and alpha is None and not dropout:
+            return ops.add_pe_plain(x, pe, offset, self.scale, seq_dim, encoding)
         return ops.add_sinusoidal_pe(x, pe, offset=offset, scale=self.scale, batch_first=self.batch_first,
                                      alpha=1.0 if alpha is None else alpha, positions=positions,
-                                     start_positions=start_positions, dropout=self.dropout.p if self.training else 0.0,
-                                     **(self._with_frequencies(self._op_encoding) if "inv_freq" in self._buffers
-                                        else self._op_encoding))
+                                     start_positions=start_positions, dropout=dropout, **encoding)
 
     def _graph_forward(self, x: Tensor, offset: int, positions: Tensor | None,
                        start_positions: Tensor | None) -> Tensor:
