@@ -36,20 +36,29 @@ constexpr int64_t kStreamingBytes = 16 << 20;  // outputs from this size on (hal
 
 // --- Row functions over contiguous storage bits (common/cpu_rows.h), which the compiler vectorizes.
 
-// out[j] = x[j] * scale + pe[j] for one contiguous row.
+// out[r * out_stride + j] = x[r * x_stride + j] * scale + pe[j] for j < n and r < rows: contiguous rows that add the
+// same pe (the batch rows of a tile), in one call, so that a decoding step's short rows pay no per-row dispatch.
 template <typename scalar_t, typename E = Element<scalar_t>>
-PE_ROW_CLONES void add_row_vectorized(const typename E::storage* x, const typename E::acc* pe, typename E::acc scale,
-                                      typename E::storage* out, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) out[j] = E::store(E::load(x[j]) * scale + pe[j]);
+PE_ROW_CLONES void add_rows_vectorized(const typename E::storage* x, int64_t x_stride, const typename E::acc* pe,
+                                       typename E::acc scale, typename E::storage* out, int64_t out_stride,
+                                       int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r, x += x_stride, out += out_stride) {
+    for (int64_t j = 0; j < n; ++j) out[j] = E::store(E::load(x[j]) * scale + pe[j]);
+  }
 }
 
 template <typename scalar_t, typename E = Element<scalar_t>>
-void add_row(const typename E::storage* x, const typename E::acc* pe, typename E::acc scale, typename E::storage* out,
-             int64_t n) {
+void add_rows(const typename E::storage* x, int64_t x_stride, const typename E::acc* pe, typename E::acc scale,
+              typename E::storage* out, int64_t out_stride, int64_t rows, int64_t n) {
   if constexpr (std::is_same_v<scalar_t, c10::Half>) {
-    if (pe_ext::cpu::has_f16c_rows()) return pe_ext::cpu::f16c_scale_add_row(x, pe, scale, out, n);
+    if (pe_ext::cpu::has_f16c_rows()) {
+      for (int64_t r = 0; r < rows; ++r) {
+        pe_ext::cpu::f16c_scale_add_row(x + r * x_stride, pe, scale, out + r * out_stride, n);
+      }
+      return;
+    }
   }
-  add_row_vectorized<scalar_t>(x, pe, scale, out, n);
+  add_rows_vectorized<scalar_t>(x, x_stride, pe, scale, out, out_stride, rows, n);
 }
 
 // The same followed by dropout: element j is kept (and scaled by keep_scale) when its Philox word words[j] says so.
@@ -233,6 +242,20 @@ class RowWriter {
   // Whether x's and out's rows lie back to back, so that consecutive rows can be written as one span.
   bool adjacent_rows() const { return adjacent_rows_; }
 
+  // write() for `rows` rows that add the same pe values: row r reads src + r * src_stride, writes
+  // dst + r * dst_stride, and its elements' logical indices start at first_index + r * index_stride.
+  void write_rows(const scalar_t* src, int64_t src_stride, const acc_t* pe, scalar_t* dst, int64_t dst_stride,
+                  int64_t rows, uint64_t first_index, uint64_t index_stride, int64_t count, Scratch& s) const {
+    if (contiguous_rows_ && !dropout_ && !streaming_) {
+      add_rows<scalar_t>(bits_of(src), src_stride, pe, scale_, bits_of(dst), dst_stride, rows, count);
+      return;
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      write(src == nullptr ? nullptr : src + r * src_stride, pe, dst + r * dst_stride,
+            first_index + static_cast<uint64_t>(r) * index_stride, count, s);
+    }
+  }
+
   // src: x's first element (nullptr when building a table), pe: the count pe values, dst: out's first element;
   // count is d_model, or a multiple of it when adjacent_rows().
   void write(const scalar_t* src, const acc_t* pe, scalar_t* dst, uint64_t first_index, int64_t count,
@@ -250,7 +273,7 @@ class RowWriter {
       if (dropout_) {
         add_row_dropout<scalar_t>(bits_of(src + j), pe + j, scale_, words, threshold_, keep_scale_, target, n);
       } else {
-        add_row<scalar_t>(bits_of(src + j), pe + j, scale_, target, n);
+        add_rows<scalar_t>(bits_of(src + j), 0, pe + j, scale_, target, 0, 1, n);
       }
       if (streaming_) pe_ext::cpu::stream_store(dst + j, s.values, n * static_cast<int64_t>(sizeof(scalar_t)));
     }
@@ -326,31 +349,40 @@ class TiledAdd {
     acc_t* tile = rows_.in_place() ? nullptr : thread_tile<acc_t>(tile_len_ * d_model_);
     typename RowWriter<scalar_t>::Scratch scratch;
     int64_t filled = -1;  // the tile, or with per-row positions the work item, whose pe `tile` holds
-    for (int64_t i = begin; i < end; ++i) {
+    for (int64_t i = begin; i < end;) {
       const Item it = item(i);
+      // This task's items of the tile: batch rows it.b .. it.b + rows - 1, which add the same pe, unless positions
+      // differ between batch rows.
+      const int64_t rows = rows_.per_batch_row() ? 1 : std::min(end - i, batch_ - it.b);
       const int64_t key = rows_.per_batch_row() ? i : it.tile;
       if (tile != nullptr && key != filled) {
         for (int64_t l = it.l_begin; l < it.l_end; ++l) rows_.fill(rows_.position(it.b, l), tile_row(tile, it, l));
         filled = key;
       }
-      write_item(it, tile, scratch);
+      write_items(it, rows, tile, scratch);
+      i += rows;
     }
     if (writer_.streaming()) pe_ext::cpu::stream_fence();
   }
 
-  // tile: the item's pe rows, or nullptr when they are read from the table in place.
-  void write_item(const Item& it, const acc_t* tile, typename RowWriter<scalar_t>::Scratch& scratch) const {
+  // Writes batch rows it.b .. it.b + rows - 1 of the item's tile. tile: its pe rows, or nullptr when they are read
+  // from the table in place.
+  void write_items(const Item& it, int64_t rows, const acc_t* tile,
+                   typename RowWriter<scalar_t>::Scratch& scratch) const {
+    const uint64_t batch_row_elements = static_cast<uint64_t>(seq_len_ * d_model_);
     const acc_t* span = !writer_.adjacent_rows() ? nullptr
                         : tile != nullptr        ? tile
                                                  : rows_.span_in_place(it.b, it.l_begin, it.l_end);
     if (span != nullptr) {
-      writer_.write(x_row(it.b, it.l_begin), span, out_row(it.b, it.l_begin), first_index(it.b, it.l_begin),
-                    (it.l_end - it.l_begin) * d_model_, scratch);
+      writer_.write_rows(x_row(it.b, it.l_begin), x_stride_b_, span, out_row(it.b, it.l_begin), out_stride_b_, rows,
+                         first_index(it.b, it.l_begin), batch_row_elements, (it.l_end - it.l_begin) * d_model_,
+                         scratch);
       return;
     }
     for (int64_t l = it.l_begin; l < it.l_end; ++l) {
       const acc_t* pe = tile != nullptr ? tile_row(tile, it, l) : rows_.row_in_place(rows_.position(it.b, l));
-      writer_.write(x_row(it.b, l), pe, out_row(it.b, l), first_index(it.b, l), d_model_, scratch);
+      writer_.write_rows(x_row(it.b, l), x_stride_b_, pe, out_row(it.b, l), out_stride_b_, rows, first_index(it.b, l),
+                         batch_row_elements, d_model_, scratch);
     }
   }
 
