@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#include "common/eager_call.h"
 #include "rotary/ops.h"
 #include "sinusoidal/ops.h"
 
@@ -14,6 +15,7 @@ TORCH_LIBRARY(pe_ext, m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "pe_ext compiled ops; loading this module registers torch.ops.pe_ext.*";
+  pe_ext::define_eager_caller(m);
   m.def(
       "built_with_cuda",
       [] {

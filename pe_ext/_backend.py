@@ -11,6 +11,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
+from torch.overrides import has_torch_function
 
 EXTENSION_CPU = "C++ extension"
 EXTENSION_CUDA = "CUDA extension"
@@ -39,6 +40,20 @@ if _C is None:
     _fallback = torch.library.Library("pe_ext", "FRAGMENT")  # defines the ops the compiled library would
 elif not _C.built_with_cuda():
     _fallback = torch.library.Library("pe_ext", "IMPL")  # adds CUDA kernels to the compiled ops
+
+
+def eager_op(name: str) -> Callable | None:
+    """torch.ops.pe_ext.<name>.default through the extension's direct caller (csrc/common/eager_call.cpp), or None
+    without the extension. It skips torch.ops' Python-level work, ~1.5 us a call: call it only where
+    eager_call_allowed()."""
+    return None if _C is None else _C.eager_caller(name)
+
+
+def eager_call_allowed(arguments: tuple) -> bool:
+    """Whether a call with these arguments may skip torch.ops: nothing at the Python level needs to see it (no
+    __torch_function__ override or mode, no torch.compile or torch.export tracing). Autograd, vmap, fake tensors,
+    torch.jit.trace and CUDA graphs see the call in the dispatcher either way."""
+    return not torch.compiler.is_compiling() and not has_torch_function(arguments)
 
 
 @dataclass(frozen=True)

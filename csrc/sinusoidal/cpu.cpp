@@ -134,8 +134,8 @@ class PeRows {
         positions_stride_l_(positions_ ? p.positions.stride(1) : 0),
         alpha_(p.alpha.defined() ? *p.alpha.const_data_ptr<acc_t>() : acc_t(1)),
         table_(p.table.defined() ? p.table.const_data_ptr<table_t>() : nullptr),
-        table_stride_l_(table_ ? p.table.stride(0) : 0),
-        table_stride_d_(table_ ? p.table.stride(1) : 0),
+        table_stride_l_(table_ ? p.table_stride_l() : 0),
+        table_stride_d_(table_ ? p.table_stride_d() : 0),
         in_place_(table_ != nullptr && std::is_same_v<table_t, acc_t> && (table_stride_d_ == 1 || p.d_model() <= 1) &&
                   !p.alpha.defined()),
         zero_row_(in_place_ && p.padding_idx >= 0 ? p.d_model() : 0, acc_t(0)),

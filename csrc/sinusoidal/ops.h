@@ -73,7 +73,7 @@ struct SinusoidalOptions {
 struct SinusoidalProblem {
   at::Tensor x;            // [batch, seq_len, d_model], any strides, or undefined
   at::Tensor out;          // [batch, seq_len, d_model], any non-overlapping strides
-  at::Tensor table;        // [rows > every position, d_model], float32 or x's dtype, or undefined
+  at::Tensor table;        // [rows > every position, d_model] or [1, rows, d_model], float32 or x's dtype, or undefined
   at::Tensor positions;    // int64, or float64 (fractional, no table), [batch, seq_len] (batch stride 0 when shared by
                            // the batch), or undefined
   at::Tensor alpha;        // 0-dim, in the math dtype, or undefined (1)
@@ -92,6 +92,10 @@ struct SinusoidalProblem {
   int64_t batch() const { return out.size(0); }
   int64_t seq_len() const { return out.size(1); }
   int64_t d_model() const { return out.size(2); }
+  // The table's rows are its last two dimensions.
+  int64_t table_rows() const { return table.size(-2); }
+  int64_t table_stride_l() const { return table.stride(-2); }
+  int64_t table_stride_d() const { return table.stride(-1); }
 };
 
 // Where a call writes its result: a fresh tensor (add_pe), x itself (add_pe_), or a caller's tensor (add_pe_out).

@@ -44,7 +44,7 @@ void add_pe_grid_emulator(const at::Tensor& out, const c10::optional<at::Tensor>
     p.seed_on_device = seed->reshape({});
     p.seed = 0;  // unused: the kernel must read the pointer
   }
-  if (table_rows >= 0 && p.table.defined()) p.table = p.table.narrow(0, 0, std::min(table_rows, p.table.size(0)));
+  if (table_rows >= 0 && p.table.defined()) p.table = p.table.narrow(-2, 0, std::min(table_rows, p.table_rows()));
   run_grid(p, num_sms);
 }
 

@@ -28,6 +28,7 @@ from . import checks, fallback, schema
 
 _backend.register_family("sinusoidal",
                          _backend.Family(schema.SCHEMAS, fallback.KERNELS, composite=set(fallback.KERNELS)))
+_ADD_PE, _EAGER_ADD_PE = torch.ops.pe_ext.add_pe.default, _backend.eager_op("add_pe")
 
 
 def _seq_dim(x: Tensor, batch_first: bool) -> int:
@@ -113,11 +114,19 @@ def _dropout_keywords(x: Tensor, dropout: float, generator: torch.Generator | No
     return {"dropout": dropout, "seed": torch.randint(0, 2**63 - 1, (), device=device, **chosen)}
 
 
+def _add_pe(x: Tensor, table: Tensor | None, offset: int, scale: float, seq_dim: int, keywords: dict) -> Tensor:
+    """torch.ops.pe_ext.add_pe.default(x, table, offset, scale, seq_dim, **keywords): eager calls through the
+    extension's direct caller (_backend.eager_op), ~1.5 us faster than torch.ops."""
+    if _EAGER_ADD_PE is not None and _backend.eager_call_allowed((x, table, *keywords.values())):
+        return _EAGER_ADD_PE(x, table, offset, scale, seq_dim, **keywords)
+    return _ADD_PE(x, table, offset, scale, seq_dim, **keywords)
+
+
 def add_pe_plain(x: Tensor, table: Tensor | None, offset: int, scale: float, seq_dim: int, encoding: dict) -> Tensor:
     """x * scale + pe, in the ops' terms (encoding as op_encoding gives it): for a layer whose arguments were checked
     when it was built, on calls without positions, alpha or dropout. Inference and decoding calls are overhead-bound:
     this skips the public wrapper's keyword handling (~1 us)."""
-    return torch.ops.pe_ext.add_pe.default(x, table, _checked_offset(offset), scale, seq_dim, **encoding)
+    return _add_pe(x, table, _checked_offset(offset), scale, seq_dim, encoding)
 
 
 def _checked_call(offset: int, scale: float, encoding: dict, caller: str) -> int:
@@ -155,7 +164,7 @@ def add_sinusoidal_pe(x: Tensor, table: Tensor | None = None, *, offset: int = 0
     keywords = {**_position_keywords(x, seq_dim, alpha, positions, start_positions, padding_idx),
                 **_dropout_keywords(x, dropout, generator), **op_encoding(encoding)}
     if out is None:
-        return torch.ops.pe_ext.add_pe.default(x, table, offset, scale, seq_dim, **keywords)
+        return _add_pe(x, table, offset, scale, seq_dim, keywords)
     torch.ops.pe_ext.add_pe_out.default(x, table, offset, scale, seq_dim, out, **keywords)
     return out
 

@@ -34,9 +34,9 @@ AddPeArgs<K> make_args(const SinusoidalProblem& p) {
   }
   if constexpr (K::kFromTable) {
     a.table = p.table.const_data_ptr<typename K::table_t>();
-    a.table_rows = p.table.size(0);
-    a.table_stride_l = p.table.stride(0);
-    a.table_stride_d = p.table.stride(1);
+    a.table_rows = p.table_rows();
+    a.table_stride_l = p.table_stride_l();
+    a.table_stride_d = p.table_stride_d();
   } else if constexpr (std::is_same_v<typename K::freq_t, float>) {
     a.freqs = p.float_freqs.const_data_ptr<float>();
   } else {
