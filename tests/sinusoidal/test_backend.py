@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import typing
 
 import pytest
 import torch
@@ -70,7 +71,7 @@ class _RecordingMode(torch.overrides.TorchFunctionMode):
 
 
 class _Recorded(torch.Tensor):
-    called: list = []
+    called: typing.ClassVar[list] = []
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
