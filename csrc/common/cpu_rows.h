@@ -83,37 +83,77 @@ const storage_t<scalar_t>* bits_of(const scalar_t* p) {
   return reinterpret_cast<const storage_t<scalar_t>*>(p);
 }
 
-// --- float16 rows with F16C's conversions, 8 elements per instruction. GCC 12 converts halves one at a time
-// (vcvtph2ps per element, even from vector types), and c10's portable conversions, which it does vectorize, cost
-// about twice torch's own float16 add. Chosen at run time (has_f16c_rows()) rather than cloned: the intrinsics need
-// the F16C target in every function that uses them. The sanitized build keeps the portable conversions.
+// --- Rows written with AVX2 intrinsics, 8 elements per step, chosen at run time (has_avx2_rows()) rather than cloned:
+// the intrinsics need their target in every function that uses them. Two cases where the compiled loops fall short:
+// float16 rows (GCC 12 converts halves one at a time, even from vector types, and c10's portable conversions, which
+// it does vectorize, cost about twice torch's own float16 add), and rows written with non-temporal stores (computing
+// into scratch first, then streaming it out, is a second pass). kStream: non-temporal stores (aligned ones: the head
+// before the first 32-byte boundary is stored as usual). The sanitized build keeps the compiled loops.
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(PE_EXT_SANITIZE)
-inline bool has_f16c_rows() {
+inline bool has_avx2_rows() {
   static const bool has =
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return has;
 }
 
-// out[j] = half(fma(float(x[j]), scale, pe[j])), rounded to nearest even as c10's conversion; out may be x.
+// Elements before out's first `alignment`-byte boundary (all of them if there is none within n).
+template <typename T>
+int64_t unaligned_head(const T* out, int64_t n, uintptr_t alignment) {
+  const uintptr_t misalignment = reinterpret_cast<uintptr_t>(out) % alignment;
+  return misalignment == 0 ? 0 : std::min<int64_t>(n, (alignment - misalignment) / sizeof(T));
+}
+
+// out[j] = fma(x[j], scale, pe[j]) in float32; out may be x.
+template <bool kStream>
+__attribute__((target("avx2,fma"))) inline void avx2_scale_add_row(const float* x, const float* pe, float scale,
+                                                                   float* out, int64_t n) {
+  int64_t j = kStream ? unaligned_head(out, n, 32) : 0;
+  for (int64_t i = 0; i < j; ++i) out[i] = std::fma(x[i], scale, pe[i]);
+  const __m256 factor = _mm256_set1_ps(scale);
+  for (; j + 8 <= n; j += 8) {
+    const __m256 sum = _mm256_fmadd_ps(_mm256_loadu_ps(x + j), factor, _mm256_loadu_ps(pe + j));
+    if constexpr (kStream) {
+      _mm256_stream_ps(out + j, sum);
+    } else {
+      _mm256_storeu_ps(out + j, sum);
+    }
+  }
+  for (; j < n; ++j) out[j] = std::fma(x[j], scale, pe[j]);
+}
+
+// The same for float16 storage bits: out[j] = half(fma(float(x[j]), scale, pe[j])), rounded to nearest even as
+// c10's conversion; out may be x.
+template <bool kStream>
 __attribute__((target("avx2,fma,f16c"))) inline void f16c_scale_add_row(const uint16_t* x, const float* pe, float scale,
                                                                         uint16_t* out, int64_t n) {
+  int64_t j = kStream ? unaligned_head(out, n, 16) : 0;
+  for (int64_t i = 0; i < j; ++i)
+    out[i] = _cvtss_sh(std::fma(_cvtsh_ss(x[i]), scale, pe[i]), _MM_FROUND_TO_NEAREST_INT);
   const __m256 factor = _mm256_set1_ps(scale);
-  int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
     const __m256 value = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + j)));
     const __m256 sum = _mm256_fmadd_ps(value, factor, _mm256_loadu_ps(pe + j));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), _mm256_cvtps_ph(sum, _MM_FROUND_TO_NEAREST_INT));
+    const __m128i half = _mm256_cvtps_ph(sum, _MM_FROUND_TO_NEAREST_INT);
+    if constexpr (kStream) {
+      _mm_stream_si128(reinterpret_cast<__m128i*>(out + j), half);
+    } else {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), half);
+    }
   }
   for (; j < n; ++j) out[j] = _cvtss_sh(std::fma(_cvtsh_ss(x[j]), scale, pe[j]), _MM_FROUND_TO_NEAREST_INT);
 }
 #else
-inline bool has_f16c_rows() { return false; }
-inline void f16c_scale_add_row(const uint16_t*, const float*, float, uint16_t*, int64_t) {}
+inline bool has_avx2_rows() { return false; }
+template <bool kStream>
+void avx2_scale_add_row(const float*, const float*, float, float*, int64_t) {}
+template <bool kStream>
+void f16c_scale_add_row(const uint16_t*, const float*, float, uint16_t*, int64_t) {}
 #endif
 
 // --- Non-temporal stores. An output larger than the cache is evicted before anyone reads it again; writing it with
 // streaming stores skips reading each destination line into the cache first, which ordinary stores do: for a
-// read-one-write-one op that is a third of the memory traffic. Callers compute into scratch in L1, then stream it.
+// read-one-write-one op that is a third of the memory traffic. Rows that the AVX2 ones above do not cover are
+// computed into scratch in L1, then streamed.
 #if defined(__x86_64__) || defined(_M_X64)
 constexpr bool kCanStream = true;
 

@@ -47,18 +47,32 @@ PE_ROW_CLONES void add_rows_vectorized(const typename E::storage* x, int64_t x_s
   }
 }
 
+// add_rows with cpu_rows.h's AVX2 rows where this CPU has them and they serve: float16 rows, and streamed float32
+// ones (kStream: non-temporal stores). Returns whether it wrote the rows.
+template <typename scalar_t, bool kStream, typename E = Element<scalar_t>>
+bool add_rows_avx2(const typename E::storage* x, int64_t x_stride, const typename E::acc* pe, typename E::acc scale,
+                   typename E::storage* out, int64_t out_stride, int64_t rows, int64_t n) {
+  constexpr bool kHalf = std::is_same_v<scalar_t, c10::Half>;
+  if constexpr (kHalf || (std::is_same_v<scalar_t, float> && kStream)) {
+    if (!pe_ext::cpu::has_avx2_rows()) return false;
+    for (int64_t r = 0; r < rows; ++r) {
+      if constexpr (kHalf) {
+        pe_ext::cpu::f16c_scale_add_row<kStream>(x + r * x_stride, pe, scale, out + r * out_stride, n);
+      } else {
+        pe_ext::cpu::avx2_scale_add_row<kStream>(x + r * x_stride, pe, scale, out + r * out_stride, n);
+      }
+    }
+    return true;
+  }
+  return false;
+}
+
 template <typename scalar_t, typename E = Element<scalar_t>>
 void add_rows(const typename E::storage* x, int64_t x_stride, const typename E::acc* pe, typename E::acc scale,
               typename E::storage* out, int64_t out_stride, int64_t rows, int64_t n) {
-  if constexpr (std::is_same_v<scalar_t, c10::Half>) {
-    if (pe_ext::cpu::has_f16c_rows()) {
-      for (int64_t r = 0; r < rows; ++r) {
-        pe_ext::cpu::f16c_scale_add_row(x + r * x_stride, pe, scale, out + r * out_stride, n);
-      }
-      return;
-    }
+  if (!add_rows_avx2<scalar_t, false>(x, x_stride, pe, scale, out, out_stride, rows, n)) {
+    add_rows_vectorized<scalar_t>(x, x_stride, pe, scale, out, out_stride, rows, n);
   }
-  add_rows_vectorized<scalar_t>(x, x_stride, pe, scale, out, out_stride, rows, n);
 }
 
 // The same followed by dropout: element j is kept (and scaled by keep_scale) when its Philox word words[j] says so.
@@ -248,6 +262,10 @@ class RowWriter {
                   int64_t rows, uint64_t first_index, uint64_t index_stride, int64_t count, Scratch& s) const {
     if (contiguous_rows_ && !dropout_ && !streaming_) {
       add_rows<scalar_t>(bits_of(src), src_stride, pe, scale_, bits_of(dst), dst_stride, rows, count);
+      return;
+    }
+    if (contiguous_rows_ && !dropout_ &&
+        add_rows_avx2<scalar_t, true>(bits_of(src), src_stride, pe, scale_, bits_of(dst), dst_stride, rows, count)) {
       return;
     }
     for (int64_t r = 0; r < rows; ++r) {

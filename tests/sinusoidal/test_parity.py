@@ -281,13 +281,17 @@ def test_outputs_keep_reduced_precision_dtypes():
 
 @requires_extension
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("dropout", [0.0, 0.2])
-def test_outputs_larger_than_the_cache_are_streamed_correctly(dtype, dropout):
-    """From 16 MiB the CPU kernel writes through scratch with non-temporal stores: rows of an odd width (so most start
-    off a 16-byte boundary) longer than its 1024-element chunks must come out whole, with the same dropout mask."""
+@pytest.mark.parametrize(("dropout", "mode"), [(0.0, "on_the_fly"), (0.0, "table"), (0.2, "on_the_fly")])
+def test_outputs_larger_than_the_cache_are_streamed_correctly(dtype, dropout, mode):
+    """From 16 MiB the CPU kernel writes with non-temporal stores (float32 and float16 rows straight from registers,
+    bfloat16 and dropout through scratch in 1024-element chunks), aligned ones after a head written as usual: into an
+    output one element off a 16-byte boundary, with rows of an odd width, every span and row must come out whole, with
+    the same dropout mask, whether pe is computed or read from a table."""
     x = torch.randn(2, 2200 * (1 if dtype == torch.float32 else 2), 2001).to(dtype)
     assert x.numel() * x.element_size() >= 16 * 2**20
-    out = torch.ops.pe_ext.add_pe(x, None, 5, 1.0, 1, dropout=dropout, seed=torch.tensor(3))
+    table = oracle_pe(torch.arange(5 + x.shape[1]), x.shape[2]).float() if mode == "table" else None
+    out = torch.full((x.numel() + 1,), float("nan"), dtype=dtype)[1:].view_as(x)
+    torch.ops.pe_ext.add_pe_out(x, table, 5, 1.0, 1, out, dropout=dropout, seed=torch.tensor(3))
     if dropout == 0:
         check(out, x, offset=5)
     else:
