@@ -293,12 +293,16 @@ def bar_panels(path: Path, title: str, panels: list[Panel]) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(panels), 1, figsize=(13, 3.6 * len(panels)), squeeze=False)
+    # One color per series name across every panel, so that a provider reads the same everywhere.
+    names = list(dict.fromkeys(name for panel in panels for name in panel.series))
+    palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    colors = {name: palette(i % palette.N) for i, name in enumerate(names)}
     for ax, panel in zip(axes[:, 0], panels):
         categories = sorted({c for values in panel.series.values() for c in values}, key=_category_order)
         width = 0.8 / max(1, len(panel.series))
         for k, (name, values) in enumerate(panel.series.items()):
             xs = [i + (k - (len(panel.series) - 1) / 2) * width for i in range(len(categories))]
-            ax.bar(xs, [values.get(c, math.nan) for c in categories], width, label=name)
+            ax.bar(xs, [values.get(c, math.nan) for c in categories], width, label=name, color=colors[name])
         ax.axhline(panel.baseline, color="black", lw=1, ls="--", label=panel.baseline_label)
         ax.set_xticks(range(len(categories)), categories, fontsize=8)
         ax.set_xlabel("shape (batch x seq_len x width)", fontsize=8)
@@ -308,7 +312,7 @@ def bar_panels(path: Path, title: str, panels: list[Panel]) -> None:
         ax.set_ylim(0, ax.get_ylim()[1] * 1.2)  # headroom for the legend
         ax.legend(fontsize=7, ncol=5, loc="upper left")
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))  # room for the suptitle above the first panel
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
