@@ -113,3 +113,8 @@ def test_eager_caller_takes_arguments_as_torch_ops_does():
         call()
     with pytest.raises(RuntimeError, match="Expected a value of type 'float' for argument 'scale'"):
         call(x, None, 0, "a")
+    # The op's own checks raise through it with their types, as through torch.ops.
+    with pytest.raises(ValueError, match="table's last dimension"):
+        call(x, torch.randn(9, 5))
+    with pytest.raises(TypeError, match="x must be float32"):
+        call(x.long())
