@@ -125,8 +125,9 @@ def _add_pe(x: Tensor, table: Tensor | None, offset: int, scale: float, seq_dim:
 def add_pe_plain(x: Tensor, table: Tensor | None, offset: int, scale: float, seq_dim: int, encoding: dict) -> Tensor:
     """x * scale + pe, in the ops' terms (encoding as op_encoding gives it): for a layer whose arguments were checked
     when it was built, on calls without positions, alpha or dropout. Inference and decoding calls are overhead-bound:
-    this skips the public wrapper's keyword handling (~1 us)."""
-    return _add_pe(x, table, _checked_offset(offset), scale, seq_dim, encoding)
+    this skips the public wrapper's keyword handling (~1 us). The layer's scale is checked again: a learnable one
+    assigned after construction would lose its gradient."""
+    return _add_pe(x, table, _checked_call(offset, scale, {}, "PositionalEncoding"), scale, seq_dim, encoding)
 
 
 def _checked_call(offset: int, scale: float, encoding: dict, caller: str) -> int:

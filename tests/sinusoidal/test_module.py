@@ -177,6 +177,16 @@ def test_other_constructor_arguments_are_checked():
         pe_ext.add_sinusoidal_pe(torch.randn(1, 2, 8), bse=500.0)
 
 
+@pytest.mark.parametrize("layer", LAYERS.values(), ids=LAYERS)
+def test_a_tensor_scale_assigned_later_is_refused_at_the_call(layer):
+    """A learnable scale assigned after construction (it becomes a parameter) would lose its gradient as a float:
+    every call refuses it, the plain inference call included."""
+    module = layer(8).eval()
+    module.scale = torch.nn.Parameter(torch.tensor(2.0))
+    with pytest.raises(TypeError, match=r"scale must be a number, got a Tensor .* pass alpha="):
+        module(torch.randn(2, 3, 8))
+
+
 @pytest.mark.parametrize("name", ["alpha", "pe"])
 def test_parametrized_alpha_and_table(name):
     """torch.nn.utils.parametrize moves a parameter or buffer under module.parametrizations: forward reads it as
