@@ -22,8 +22,7 @@
 // Builds a row function for AVX-512, AVX2 and baseline x86-64, chosen at load time by ISA level (x86-64-v4, -v3):
 // "arch=haswell" would be chosen only on a CPU that is a Haswell, so other AVX2 CPUs (Zen 1-3, Skylake, Alder Lake)
 // ran the baseline SSE2 clone. The AVX-512 clone uses 256-bit vectors (setup.py: -mprefer-vector-width=256). The
-// sanitized build keeps the baseline only, so that the code path it tests is the
-// portable one.
+// sanitized build keeps the baseline only, so that the code path it tests is the portable one.
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(PE_EXT_SANITIZE)
 #define PE_ROW_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
@@ -142,7 +141,7 @@ __attribute__((target("avx2,fma,f16c"))) inline void f16c_scale_add_row(const ui
   }
   for (; j < n; ++j) out[j] = _cvtss_sh(std::fma(_cvtsh_ss(x[j]), scale, pe[j]), _MM_FROUND_TO_NEAREST_INT);
 }
-#else
+#else  // never called (has_avx2_rows() is false): they only keep the callers' code one for every build
 inline bool has_avx2_rows() { return false; }
 template <bool kStream>
 void avx2_scale_add_row(const float*, const float*, float, float*, int64_t) {}

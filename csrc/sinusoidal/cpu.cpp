@@ -168,9 +168,9 @@ class PeRows {
     return is_padding(pos) ? zero_row_.data() : reinterpret_cast<const acc_t*>(table_) + pos * table_stride_l_;
   }
 
-  // The pe rows of positions (b, l_begin) .. (b, l_end - 1) back to back in the table, or nullptr where they are
-  // not: explicit positions, a padding row among them, or table rows with gaps.
-  const acc_t* span_in_place(int64_t b, int64_t l_begin, int64_t l_end) const {
+  // The pe rows of positions l_begin .. l_end - 1 back to back in the table, or nullptr where they are not: explicit
+  // positions, a padding row among them, or table rows with gaps.
+  const acc_t* span_in_place(int64_t l_begin, int64_t l_end) const {
     if (positions_ != nullptr) return nullptr;
     const int64_t first = p_.offset + l_begin, last = p_.offset + l_end - 1;
     const bool rows_adjacent = table_stride_l_ == p_.d_model() || l_end - l_begin == 1;
@@ -239,11 +239,10 @@ class RowWriter {
   };
 
   explicit RowWriter(const SinusoidalProblem& p)
-      : d_model_(p.d_model()),
-        x_stride_d_(p.x.defined() ? p.x.stride(2) : 1),
+      : x_stride_d_(p.x.defined() ? p.x.stride(2) : 1),
         out_stride_d_(p.out.stride(2)),
         contiguous_rows_(p.x.defined() && x_stride_d_ == 1 && out_stride_d_ == 1),
-        adjacent_rows_(contiguous_rows_ && p.x.stride(1) == d_model_ && p.out.stride(1) == d_model_),
+        adjacent_rows_(contiguous_rows_ && p.x.stride(1) == p.d_model() && p.out.stride(1) == p.d_model()),
         scale_(static_cast<acc_t>(p.scale)),
         dropout_(p.dropout > 0),
         threshold_(dropout_threshold(p.dropout)),
@@ -260,13 +259,14 @@ class RowWriter {
   // dst + r * dst_stride, and its elements' logical indices start at first_index + r * index_stride.
   void write_rows(const scalar_t* src, int64_t src_stride, const acc_t* pe, scalar_t* dst, int64_t dst_stride,
                   int64_t rows, uint64_t first_index, uint64_t index_stride, int64_t count, Scratch& s) const {
-    if (contiguous_rows_ && !dropout_ && !streaming_) {
-      add_rows<scalar_t>(bits_of(src), src_stride, pe, scale_, bits_of(dst), dst_stride, rows, count);
-      return;
-    }
-    if (contiguous_rows_ && !dropout_ &&
-        add_rows_avx2<scalar_t, true>(bits_of(src), src_stride, pe, scale_, bits_of(dst), dst_stride, rows, count)) {
-      return;
+    if (contiguous_rows_ && !dropout_) {  // the rows in one call: cached stores, or streamed from registers
+      if (!streaming_) {
+        add_rows<scalar_t>(bits_of(src), src_stride, pe, scale_, bits_of(dst), dst_stride, rows, count);
+        return;
+      }
+      if (add_rows_avx2<scalar_t, true>(bits_of(src), src_stride, pe, scale_, bits_of(dst), dst_stride, rows, count)) {
+        return;
+      }
     }
     for (int64_t r = 0; r < rows; ++r) {
       write(src == nullptr ? nullptr : src + r * src_stride, pe, dst + r * dst_stride,
@@ -305,7 +305,7 @@ class RowWriter {
     return s.words + skip;
   }
 
-  const int64_t d_model_, x_stride_d_, out_stride_d_;
+  const int64_t x_stride_d_, out_stride_d_;
   const bool contiguous_rows_, adjacent_rows_;
   const acc_t scale_;
   const bool dropout_;
@@ -390,7 +390,7 @@ class TiledAdd {
     const uint64_t batch_row_elements = static_cast<uint64_t>(seq_len_ * d_model_);
     const acc_t* span = !writer_.adjacent_rows() ? nullptr
                         : tile != nullptr        ? tile
-                                                 : rows_.span_in_place(it.b, it.l_begin, it.l_end);
+                                                 : rows_.span_in_place(it.l_begin, it.l_end);
     if (span != nullptr) {
       writer_.write_rows(x_row(it.b, it.l_begin), x_stride_b_, span, out_row(it.b, it.l_begin), out_stride_b_, rows,
                          first_index(it.b, it.l_begin), batch_row_elements, (it.l_end - it.l_begin) * d_model_,
