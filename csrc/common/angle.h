@@ -26,6 +26,14 @@ PE_HOST_DEVICE void sin_cos(double angle, double* s, double* c) {
 #endif
 }
 
+// sin_cos as a function object, for the math that takes a vectorizable equivalent on the CPU.
+struct LibrarySinCos {
+  template <typename acc_t>
+  PE_HOST_DEVICE void operator()(acc_t angle, acc_t* s, acc_t* c) const {
+    sin_cos(angle, s, c);
+  }
+};
+
 // angle minus the nearest multiple of 2*pi, in double. 2*pi is split in two parts, so that the product turns * 2pi
 // is exact to ~1e-16 relative: rounded to float afterwards, the result stays within 1e-6 of the true reduced angle far
 // beyond 16M positions, where the float32 product position * freq loses ~1e-2 by position 300k.

@@ -93,13 +93,6 @@ PE_HOST_DEVICE void scaled_cos_sin(acc_t angle, acc_t cos_scaling, acc_t sin_sca
   *s = mul_rn(sn, sin_scaling);
 }
 
-struct LibrarySinCos {
-  template <typename acc_t>
-  PE_HOST_DEVICE void operator()(acc_t angle, acc_t* s, acc_t* c) const {
-    sin_cos(angle, s, c);
-  }
-};
-
 // The position of token l of sequence b: offset + (positions[b, l] if given; with cu_seqlens, l minus the start of
 // the packed sequence holding token l; else l). Wraps modulo 2^64 rather than overflowing.
 struct Positions {

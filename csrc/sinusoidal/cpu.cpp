@@ -100,13 +100,13 @@ PE_ROW_CLONES void philox_words(uint64_t first_counter, int64_t counters, uint64
   }
 }
 
-// pe(pos, :) in float: with the vectorized PolynomialSinCos when every angle of the row is within its limit
+// pe(pos, :) in float: with PolynomialSinCos (vectorized) when every angle of the row is within its limit
 // (max_abs_freq: the largest |freqs[i]|), else with the library's sin and cos.
 template <typename pos_t>
 PE_ROW_CLONES void pe_row_float(const EncodingSpec& s, pos_t pos, const double* freqs, double max_abs_freq,
                                 float* row) {
   if (std::fabs(static_cast<double>(pos)) * max_abs_freq < pe_ext::cpu::kPolynomialAngleLimit) {
-    pe_row<float>(s, pos, freqs, row, pe_ext::cpu::PolynomialSinCos());
+    pe_row<float>(s, pos, freqs, row, pe_ext::cpu::PolynomialSinCosRuns());
   } else {
     pe_row<float>(s, pos, freqs, row);
   }

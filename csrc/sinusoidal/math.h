@@ -14,6 +14,9 @@
 // throughout. A position is an int64 (offset + an index or id) or, for fractional positions, a double.
 #pragma once
 
+#include <c10/macros/Macros.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -65,49 +68,58 @@ PE_HOST_DEVICE Wave column_wave(const EncodingSpec& s, int64_t col, int64_t* fre
   return first_block == (s.layout == Layout::kConcatenated) ? Wave::kSin : Wave::kCos;
 }
 
-// pe(pos, :) for a whole row, with freqs the encoding's frequency table. sin_cos_of(angle, &sin, &cos) evaluates one
-// pair: sin_cos, or a CPU kernel's vectorizable equivalent (the loops have no conditional stores, so that they
-// vectorize).
-struct LibrarySinCos {
-  template <typename acc_t>
-  PE_HOST_DEVICE void operator()(acc_t angle, acc_t* s, acc_t* c) const {
-    sin_cos(angle, s, c);
-  }
-};
-
-// The loops of pe_row for one value of precise_angle, a constant in them, so that they have no branch (and vectorize).
-template <typename acc_t, bool kPreciseAngle, typename pos_t, typename SinCos>
-PE_HOST_DEVICE void pe_row_loops(const EncodingSpec& s, pos_t pos, const double* freqs, acc_t* values,
-                                 SinCos sin_cos_of) {
-  const int64_t n = s.num_freqs;
-  if (s.layout == Layout::kInterleaved) {
-    const int64_t pairs = s.d_model / 2;  // an odd row's last frequency has a sin column only
-    for (int64_t i = 0; i < pairs; ++i) {
-      sin_cos_of(pe_angle<acc_t, kPreciseAngle>(pos, freqs[i]), &values[2 * i], &values[2 * i + 1]);
-    }
-    if (pairs < n) {
-      acc_t unused;
-      sin_cos_of(pe_angle<acc_t, kPreciseAngle>(pos, freqs[pairs]), &values[2 * pairs], &unused);
-    }
+// The angles of frequencies freqs[0, n) at pos.
+template <typename acc_t, typename pos_t>
+inline void pe_angles(const EncodingSpec& s, pos_t pos, const double* freqs, int64_t n, acc_t* angles) {
+  if (s.precise_angle) {  // a constant in each loop, so that both vectorize
+    for (int64_t i = 0; i < n; ++i) angles[i] = pe_angle<acc_t, true>(pos, freqs[i]);
   } else {
-    const bool cos_first = s.layout == Layout::kConcatenatedCosFirst;
-    acc_t* sin_values = cos_first ? values + n : values;
-    acc_t* cos_values = cos_first ? values : values + n;
-    for (int64_t i = 0; i < n; ++i) {
-      sin_cos_of(pe_angle<acc_t, kPreciseAngle>(pos, freqs[i]), &sin_values[i], &cos_values[i]);
-    }
-    if (s.d_model % 2 == 1) values[s.d_model - 1] = acc_t(0);  // an odd concatenated row's padding
+    for (int64_t i = 0; i < n; ++i) angles[i] = pe_angle<acc_t, false>(pos, freqs[i]);
   }
 }
 
-template <typename acc_t, typename pos_t, typename SinCos = LibrarySinCos>
-PE_HOST_DEVICE void pe_row(const EncodingSpec& s, pos_t pos, const double* freqs, acc_t* values,
-                           SinCos sin_cos_of = SinCos()) {
-  if (s.precise_angle) {
-    pe_row_loops<acc_t, true>(s, pos, freqs, values, sin_cos_of);
-  } else {
-    pe_row_loops<acc_t, false>(s, pos, freqs, values, sin_cos_of);
+// sin and cos of a run of angles, one at a time with sin_cos_of(angle, &sin, &cos): sin_cos, or a CPU kernel's
+// vectorizable equivalent (the loops have no conditional stores, so that they vectorize).
+template <typename SinCos>
+struct ElementwiseSinCos {
+  SinCos sin_cos_of;
+  // out[2i] = sin(angles[i]), out[2i + 1] = cos(angles[i])
+  template <typename acc_t>
+  C10_ALWAYS_INLINE void interleaved(const acc_t* angles, int64_t n, acc_t* out) const {
+    for (int64_t i = 0; i < n; ++i) sin_cos_of(angles[i], &out[2 * i], &out[2 * i + 1]);
   }
+  template <typename acc_t>
+  C10_ALWAYS_INLINE void split(const acc_t* angles, int64_t n, acc_t* sin_out, acc_t* cos_out) const {
+    for (int64_t i = 0; i < n; ++i) sin_cos_of(angles[i], &sin_out[i], &cos_out[i]);
+  }
+};
+
+// pe(pos, :) for a whole row (the CPU's: each CUDA thread computes its own columns), with freqs the encoding's
+// frequency table. The angles are formed a chunk at a time, then `runs` (ElementwiseSinCos, or a CPU kernel's
+// vectorized equivalent) puts their sin and cos where the layout wants them.
+template <typename acc_t, typename pos_t, typename SinCosRuns = ElementwiseSinCos<LibrarySinCos>>
+C10_ALWAYS_INLINE void pe_row(const EncodingSpec& s, pos_t pos, const double* freqs, acc_t* values,
+                              SinCosRuns runs = SinCosRuns()) {
+  constexpr int64_t kAnglesPerChunk = 256;
+  acc_t angles[kAnglesPerChunk];
+  const int64_t n = s.num_freqs;
+  const bool interleaved = s.layout == Layout::kInterleaved, cos_first = s.layout == Layout::kConcatenatedCosFirst;
+  acc_t* sin_values = cos_first ? values + n : values;
+  acc_t* cos_values = cos_first ? values : values + n;
+  for (int64_t first = 0; first < n; first += kAnglesPerChunk) {
+    const int64_t count = std::min(kAnglesPerChunk, n - first);
+    pe_angles(s, pos, freqs + first, count, angles);
+    if (!interleaved) {
+      runs.split(angles, count, sin_values + first, cos_values + first);
+    } else if (2 * (first + count) <= s.d_model) {
+      runs.interleaved(angles, count, values + 2 * first);
+    } else {  // an odd row's last frequency has a sin column only
+      acc_t unused_cos;
+      runs.interleaved(angles, count - 1, values + 2 * first);
+      runs.split(angles + count - 1, 1, values + s.d_model - 1, &unused_cos);
+    }
+  }
+  if (!interleaved && s.d_model % 2 == 1) values[s.d_model - 1] = acc_t(0);  // an odd concatenated row's padding
 }
 
 }  // namespace pe_ext::sinusoidal

@@ -98,6 +98,37 @@ def test_default_angle_sin_and_cos_are_within_two_ulps_at_any_position(impl, sta
     torch.testing.assert_close(out, truth, atol=1.2e-7, rtol=0)  # 2 ulps of values in [0.5, 1)
 
 
+def float32_angles(count, generator):
+    """float32 angles up to 2^20: random ones, and those nearest k * pi/2, whose sin or cos is tiny (there a wrong
+    reduction costs many ulps)."""
+    random = torch.rand(count // 2, generator=generator, dtype=torch.float64) * 2**20
+    near_quadrants = torch.randint(1, 2**19, (count - count // 2,), generator=generator).double() * (math.pi / 2)
+    return torch.cat([random, near_quadrants]).float()
+
+
+LAYOUT_TRUTH = {  # where the layouts put sin and cos of their frequencies (d_model even)
+    "interleaved": lambda s, c: torch.stack([s, c], dim=-1).reshape(-1),
+    "concatenated": lambda s, c: torch.cat([s, c]),
+    "concatenated_cos_first": lambda s, c: torch.cat([c, s]),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUT_TRUTH.keys())
+@pytest.mark.parametrize("num_freqs", [1, 7, 8, 9, 23, 255, 256, 257, 1000])
+def test_cpu_sin_and_cos_are_rounded_within_half_an_ulp(layout, num_freqs):
+    """The CPU kernel's float32 sin and cos (its own polynomials, in 512-bit vectors where the CPU has AVX-512, in the
+    compiled loop elsewhere) are the float64 values rounded, within 0.501 ulp: runs of every length around the vector
+    width (8) and the 256 angles a row is computed in, each layout, and an odd row whose last frequency has a sin
+    only. The angles are the frequencies themselves (position 1), so that each is a float32 angle chosen here."""
+    angles = float32_angles(num_freqs, torch.Generator().manual_seed(num_freqs))
+    d_model = 2 * num_freqs - (layout == "interleaved")  # odd interleaved: the last frequency's sin column only
+    out = pe_ext.add_sinusoidal_pe(torch.zeros(1, 1, d_model), offset=1, inv_freq=angles, layout=layout)[0, 0]
+    truth = LAYOUT_TRUTH[layout](angles.double().sin(), angles.double().cos())[:d_model]
+    rounded = truth.float().abs()
+    ulp = (torch.nextafter(rounded, torch.tensor(math.inf)) - rounded).double()
+    assert ((out.double() - truth).abs() / ulp).max() <= 0.501
+
+
 @pytest.mark.parametrize("bad,match", [({"layout": "zigzag"}, "layout"), ({"frequencies": "random"}, "frequencies"),
                                        ({"frequencies": "timescales", "min_timescale": 0.0}, "min_timescale"),
                                        ({"frequencies": "timescales", "min_timescale": 5.0, "max_timescale": 1.0},
