@@ -315,6 +315,15 @@ class RowWriter {
   const bool streaming_;
 };
 
+// Positions per tile: at most max_len (at least 1), in tiles of equal length. at::parallel_for splits work items by
+// count, so a short last tile left its task with less work than the others: 16x256x768 (tiles of 85, 85, 85 and 1
+// positions) ran 0.82x the classic module with a float32 table, 0.90x with tiles of 64.
+int64_t balanced_tile_len(int64_t seq_len, int64_t max_len) {
+  max_len = std::max<int64_t>(1, max_len);
+  const int64_t tiles = std::max<int64_t>(1, (seq_len + max_len - 1) / max_len);
+  return std::max<int64_t>(1, (seq_len + tiles - 1) / tiles);
+}
+
 // The calling thread's tile, kept between calls: a tile is too large for the stack, and a fresh one per task would
 // be fresh memory to page-fault in on every call.
 template <typename acc_t>
@@ -342,8 +351,7 @@ class TiledAdd {
         x_stride_l_(x_ ? p.x.stride(1) : 0),
         out_stride_b_(p.out.stride(0)),
         out_stride_l_(p.out.stride(1)),
-        tile_len_(
-            std::min(seq_len_, std::max<int64_t>(1, kTileBytes / sizeof(acc_t) / std::max<int64_t>(1, d_model_)))),
+        tile_len_(balanced_tile_len(seq_len_, kTileBytes / sizeof(acc_t) / std::max<int64_t>(1, d_model_))),
         tiles_((seq_len_ + tile_len_ - 1) / tile_len_),
         rows_(p),
         writer_(p) {}
