@@ -102,13 +102,23 @@ int64_t unaligned_head(const T* out, int64_t n, uintptr_t alignment) {
   return misalignment == 0 ? 0 : std::min<int64_t>(n, (alignment - misalignment) / sizeof(T));
 }
 
-// out[j] = fma(x[j], scale, pe[j]) in float32; out may be x.
+// out[j] = fma(x[j], scale, pe[j]) in float32; out may be x. prefetch_ahead > 0 (cached stores): each 64-byte line of
+// out that many elements ahead (within the row) is prefetched first, so that a store rarely waits for its line: the
+// hardware prefetchers run ahead of loads, not of stores. (A read prefetch: prefetchw would fault on CPUs without it,
+// and a line no other core holds arrives writable anyway.)
 template <bool kStream>
 __attribute__((target("avx2,fma"))) inline void avx2_scale_add_row(const float* x, const float* pe, float scale,
-                                                                   float* out, int64_t n) {
+                                                                   float* out, int64_t n, int64_t prefetch_ahead = 0) {
   int64_t j = kStream ? unaligned_head(out, n, 32) : 0;
   for (int64_t i = 0; i < j; ++i) out[i] = std::fma(x[i], scale, pe[i]);
   const __m256 factor = _mm256_set1_ps(scale);
+  if (!kStream && prefetch_ahead > 0) {
+    for (; j + 16 <= n; j += 16) {  // 16 floats: one line
+      _mm_prefetch(reinterpret_cast<const char*>(out + std::min(j + prefetch_ahead, n - 1)), _MM_HINT_T0);
+      _mm256_storeu_ps(out + j, _mm256_fmadd_ps(_mm256_loadu_ps(x + j), factor, _mm256_loadu_ps(pe + j)));
+      _mm256_storeu_ps(out + j + 8, _mm256_fmadd_ps(_mm256_loadu_ps(x + j + 8), factor, _mm256_loadu_ps(pe + j + 8)));
+    }
+  }
   for (; j + 8 <= n; j += 8) {
     const __m256 sum = _mm256_fmadd_ps(_mm256_loadu_ps(x + j), factor, _mm256_loadu_ps(pe + j));
     if constexpr (kStream) {
@@ -144,7 +154,7 @@ __attribute__((target("avx2,fma,f16c"))) inline void f16c_scale_add_row(const ui
 #else  // never called (has_avx2_rows() is false): they only keep the callers' code one for every build
 inline bool has_avx2_rows() { return false; }
 template <bool kStream>
-void avx2_scale_add_row(const float*, const float*, float, float*, int64_t) {}
+void avx2_scale_add_row(const float*, const float*, float, float*, int64_t, int64_t = 0) {}
 template <bool kStream>
 void f16c_scale_add_row(const uint16_t*, const float*, float, uint16_t*, int64_t) {}
 #endif

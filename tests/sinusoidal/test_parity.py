@@ -280,6 +280,20 @@ def test_outputs_keep_reduced_precision_dtypes():
 
 
 @requires_extension
+@pytest.mark.parametrize("mode", ["on_the_fly", "table"])
+def test_outputs_prefetched_for_writing_come_out_whole(mode):
+    """float32 outputs from 8 to 16 MiB are written 16 elements a step, each step prefetching the line 8 KiB ahead
+    within its span, then 8 at a time, then one by one: into an output one element off a 16-byte boundary, with
+    spans whose length is no multiple of 8, every element must come out right."""
+    x = torch.randn(3, 1100, 1001)
+    assert 8 * 2**20 <= x.numel() * x.element_size() < 16 * 2**20
+    table = oracle_pe(torch.arange(5 + x.shape[1]), x.shape[2]).float() if mode == "table" else None
+    out = torch.full((x.numel() + 1,), float("nan"))[1:].view_as(x)
+    torch.ops.pe_ext.add_pe_out(x, table, 5, 1.0, 1, out)
+    check(out, x, offset=5)
+
+
+@requires_extension
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize(("dropout", "mode"), [(0.0, "on_the_fly"), (0.0, "table"), (0.2, "on_the_fly")])
 def test_outputs_larger_than_the_cache_are_streamed_correctly(dtype, dropout, mode):
