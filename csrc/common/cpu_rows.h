@@ -104,8 +104,8 @@ int64_t unaligned_head(const T* out, int64_t n, uintptr_t alignment) {
 
 // out[j] = fma(x[j], scale, pe[j]) in float32; out may be x. prefetch_ahead > 0 (cached stores): each 64-byte line of
 // out that many elements ahead (within the row) is prefetched first, so that a store rarely waits for its line: the
-// hardware prefetchers run ahead of loads, not of stores. (A read prefetch: prefetchw would fault on CPUs without it,
-// and a line no other core holds arrives writable anyway.)
+// hardware prefetchers run ahead of loads, not of stores. (A read prefetch: prefetchw is a CPUID feature that not
+// every AVX2 CPU reports, Haswell for one, and a line no other core holds arrives writable anyway.)
 template <bool kStream>
 __attribute__((target("avx2,fma"))) inline void avx2_scale_add_row(const float* x, const float* pe, float scale,
                                                                    float* out, int64_t n, int64_t prefetch_ahead = 0) {
