@@ -102,6 +102,11 @@ int64_t unaligned_head(const T* out, int64_t n, uintptr_t alignment) {
   return misalignment == 0 ? 0 : std::min<int64_t>(n, (alignment - misalignment) / sizeof(T));
 }
 
+// fma(x[j], factor, pe[j]) for j < 8.
+__attribute__((target("avx2,fma"))) inline __m256 scale_add8(const float* x, const float* pe, __m256 factor) {
+  return _mm256_fmadd_ps(_mm256_loadu_ps(x), factor, _mm256_loadu_ps(pe));
+}
+
 // out[j] = fma(x[j], scale, pe[j]) in float32; out may be x. prefetch_ahead > 0 (cached stores): each 64-byte line of
 // out that many elements ahead (within the row) is prefetched first, so that a store rarely waits for its line: the
 // hardware prefetchers run ahead of loads, not of stores. (A read prefetch: prefetchw is a CPUID feature that not
@@ -115,12 +120,12 @@ __attribute__((target("avx2,fma"))) inline void avx2_scale_add_row(const float* 
   if (!kStream && prefetch_ahead > 0) {
     for (; j + 16 <= n; j += 16) {  // 16 floats: one line
       _mm_prefetch(reinterpret_cast<const char*>(out + std::min(j + prefetch_ahead, n - 1)), _MM_HINT_T0);
-      _mm256_storeu_ps(out + j, _mm256_fmadd_ps(_mm256_loadu_ps(x + j), factor, _mm256_loadu_ps(pe + j)));
-      _mm256_storeu_ps(out + j + 8, _mm256_fmadd_ps(_mm256_loadu_ps(x + j + 8), factor, _mm256_loadu_ps(pe + j + 8)));
+      _mm256_storeu_ps(out + j, scale_add8(x + j, pe + j, factor));
+      _mm256_storeu_ps(out + j + 8, scale_add8(x + j + 8, pe + j + 8, factor));
     }
   }
   for (; j + 8 <= n; j += 8) {
-    const __m256 sum = _mm256_fmadd_ps(_mm256_loadu_ps(x + j), factor, _mm256_loadu_ps(pe + j));
+    const __m256 sum = scale_add8(x + j, pe + j, factor);
     if constexpr (kStream) {
       _mm256_stream_ps(out + j, sum);
     } else {
